@@ -1,0 +1,32 @@
+# cmake -P script: configure, build and run the consumer project in one of three modes.
+file(REMOVE_RECURSE ${WORK})
+file(MAKE_DIRECTORY ${WORK})
+set(configure_args -S ${CONSUMER_SOURCE} -B ${WORK}/build -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=${CXX}
+    -DQLM_CONSUMER_MODE=${MODE} -DQLM_SOURCE=${QLM_SOURCE})
+if(MODE STREQUAL "find_package")
+  # Install qlm from a fresh configure of the source tree (headers and CMake package files only).
+  execute_process(COMMAND ${CMAKE_COMMAND} -S ${QLM_SOURCE} -B ${WORK}/qlm-build -DQLM_BUILD_TESTS=OFF
+                          -DQLM_BUILD_EXAMPLES=OFF -DQLM_BUILD_BENCH=OFF -DQLM_ENABLE_CUDA=OFF -DQLM_INSTALL=ON
+                  RESULT_VARIABLE rc)
+  if(rc)
+    message(FATAL_ERROR "configuring qlm for install failed")
+  endif()
+  execute_process(COMMAND ${CMAKE_COMMAND} --install ${WORK}/qlm-build --prefix ${WORK}/prefix RESULT_VARIABLE rc)
+  if(rc)
+    message(FATAL_ERROR "cmake --install failed")
+  endif()
+  list(APPEND configure_args -DCMAKE_PREFIX_PATH=${WORK}/prefix)
+endif()
+foreach(step configure build run)
+  if(step STREQUAL "configure")
+    set(cmd ${CMAKE_COMMAND} ${configure_args})
+  elseif(step STREQUAL "build")
+    set(cmd ${CMAKE_COMMAND} --build ${WORK}/build)
+  else()
+    set(cmd ${WORK}/build/qlm_consumer)
+  endif()
+  execute_process(COMMAND ${cmd} RESULT_VARIABLE rc)
+  if(rc)
+    message(FATAL_ERROR "consumer (${MODE}): ${step} failed with ${rc}")
+  endif()
+endforeach()
