@@ -1,0 +1,120 @@
+#pragma once
+// A fixed-size thread pool for data-parallel loops. Workers sleep on a condition variable
+// when idle (no spinning); the calling thread takes part in every loop.
+#include <algorithm>
+#include <condition_variable>
+#include <cstddef>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace qlm {
+
+class ThreadPool {
+public:
+    // threads = total parallelism including the caller; 0 means std::thread::hardware_concurrency().
+    explicit ThreadPool(std::size_t threads = 0) {
+        if (threads == 0) threads = std::max<std::size_t>(1, std::thread::hardware_concurrency());
+        workers_.reserve(threads - 1);
+        for (std::size_t i = 1; i < threads; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+    }
+    ThreadPool(const ThreadPool&) = delete;
+    ThreadPool& operator=(const ThreadPool&) = delete;
+    ~ThreadPool() {
+        {
+            std::lock_guard lock(mutex_);
+            stopping_ = true;
+        }
+        wake_.notify_all();
+        for (auto& t : workers_) t.join();
+    }
+
+    std::size_t size() const noexcept { return workers_.size() + 1; }
+
+    // Calls fn(thread_index) once on each of size() threads and waits for all of them.
+    void run_on_all(const std::function<void(std::size_t)>& fn) {
+        if (workers_.empty()) {
+            fn(0);
+            return;
+        }
+        std::unique_lock loop_lock(loop_mutex_);  // one loop at a time per pool
+        {
+            std::lock_guard lock(mutex_);
+            task_ = &fn;
+            pending_ = workers_.size();
+            error_ = nullptr;
+            ++generation_;
+        }
+        wake_.notify_all();
+        std::exception_ptr caller_error;
+        try {
+            fn(0);
+        } catch (...) {
+            caller_error = std::current_exception();
+        }
+        std::unique_lock lock(mutex_);
+        done_.wait(lock, [this] { return pending_ == 0; });
+        task_ = nullptr;
+        if (caller_error) std::rethrow_exception(caller_error);
+        if (error_) std::rethrow_exception(error_);
+    }
+
+    // Splits [0, n) into contiguous chunks, at most one per thread, each a multiple of `grain`
+    // (except the last), and calls fn(begin, end) for each non-empty chunk.
+    template <class F>
+    void parallel_for(std::size_t n, std::size_t grain, F&& fn) {
+        if (n == 0) return;
+        grain = std::max<std::size_t>(1, grain);
+        const std::size_t units = (n + grain - 1) / grain;
+        const std::size_t threads = std::min(size(), units);
+        if (threads <= 1) {
+            fn(std::size_t{0}, n);
+            return;
+        }
+        run_on_all([&](std::size_t t) {
+            if (t >= threads) return;
+            const std::size_t begin = std::min(n, (units * t / threads) * grain);
+            const std::size_t end = std::min(n, (units * (t + 1) / threads) * grain);
+            if (begin < end) fn(begin, end);
+        });
+    }
+
+private:
+    void worker_loop(std::size_t index) {
+        std::size_t seen = 0;
+        for (;;) {
+            const std::function<void(std::size_t)>* task = nullptr;
+            {
+                std::unique_lock lock(mutex_);
+                wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
+                if (stopping_) return;
+                seen = generation_;
+                task = task_;
+            }
+            std::exception_ptr error;
+            try {
+                (*task)(index);
+            } catch (...) {
+                error = std::current_exception();
+            }
+            std::lock_guard lock(mutex_);
+            if (error && !error_) error_ = error;
+            if (--pending_ == 0) done_.notify_one();
+        }
+    }
+
+    std::vector<std::thread> workers_;
+    std::mutex loop_mutex_;
+    std::mutex mutex_;
+    std::condition_variable wake_;
+    std::condition_variable done_;
+    const std::function<void(std::size_t)>* task_ = nullptr;
+    std::size_t pending_ = 0;
+    std::size_t generation_ = 0;
+    std::exception_ptr error_;
+    bool stopping_ = false;
+};
+
+}  // namespace qlm
