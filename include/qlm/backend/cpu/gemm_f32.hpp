@@ -1,0 +1,254 @@
+#pragma once
+// fp32 GEMM / GEMV: y[m, n] = x[m, k] · wᵀ + bias, w is [n, k] row-major (nn.Linear layout).
+//
+// Kernel shape ("dot-product" tiles, no packing): a tile of MR x rows and NR w rows accumulates
+// MR*NR vector accumulators along k (x and w are both contiguous along k), then reduces each
+// accumulator with one fixed horizontal tree. The GEMM walks k in blocks of kc, so an x tile and a
+// w tile stay in L1 and a block of w rows stays in L2 while every x row tile streams over it.
+// Each output element is always computed by the same sequence of operations whatever tile,
+// block or thread it lands in (tails reuse the full kernel on duplicated rows), so the result does
+// not depend on the number of threads. M == 1 uses a GEMV kernel (1 x 8 rows, whole k).
+#include <qlm/backend/cpu/cpu_features.hpp>
+#include <qlm/core/error.hpp>
+#include <qlm/core/thread_pool.hpp>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace qlm::cpu {
+
+namespace reference {
+
+// Plain scalar reference (double accumulation): the ground truth the fast paths are tested against.
+inline void gemm_f32(const float* x, std::size_t m, std::size_t k, const float* w, std::size_t n, const float* bias,
+                     float* y) {
+    for (std::size_t i = 0; i < m; ++i)
+        for (std::size_t j = 0; j < n; ++j) {
+            double acc = bias ? bias[j] : 0.0;
+            for (std::size_t p = 0; p < k; ++p) acc += static_cast<double>(x[i * k + p]) * w[j * k + p];
+            y[i * n + j] = static_cast<float>(acc);
+        }
+}
+
+}  // namespace reference
+
+namespace detail {
+
+// A tile kernel: out[r * NR + c] = Σ_{p < len} xr[r][p] * wr[c][p].
+using TileFn = void (*)(const float* const* xr, const float* const* wr, std::size_t len, float* out);
+
+// Where the w rows of a block come from: a pointer to row `j0` at column `k0`, and the row stride.
+struct WBlock {
+    const float* base;
+    std::size_t stride;
+};
+
+// The GEMM loop nest shared by every ISA and by the quantized GEMM (whose `get_block` dequantizes
+// into a scratch buffer). Work items are (block of nb w rows) x (block of mb x rows); each item
+// walks k in blocks of kc. get_block(j0, j1, k0, len, scratch) -> WBlock, where scratch is a
+// std::vector<float> local to the calling thread's chunk (the quantized GEMM dequantizes into it).
+template <std::size_t MR, std::size_t NR, class GetBlock>
+void gemm_blocked(ThreadPool& pool, TileFn tile, const float* x, std::size_t m, std::size_t k, std::size_t n,
+                  const float* bias, float* y, std::size_t kc, std::size_t nb, GetBlock&& get_block) {
+    const std::size_t n_blocks = (n + nb - 1) / nb;
+    // Split m too when there are few column blocks (thread count only changes the split, never the
+    // per-element arithmetic).
+    std::size_t mb = m;
+    const std::size_t threads = pool.size();
+    if (n_blocks < 2 * threads && m > 4 * MR) {
+        const std::size_t parts = std::min<std::size_t>(2 * threads, (m + MR - 1) / MR);
+        mb = ((m + parts - 1) / parts + MR - 1) / MR * MR;
+    }
+    const std::size_t m_blocks = (m + mb - 1) / mb;
+    const std::size_t items = n_blocks * m_blocks;
+    pool.parallel_for(items, 1, [&](std::size_t it0, std::size_t it1) {
+        std::vector<float> scratch;
+        for (std::size_t it = it0; it < it1; ++it) {
+            const std::size_t jb = (it / m_blocks) * nb, je = std::min(n, jb + nb);
+            const std::size_t ib = (it % m_blocks) * mb, ie = std::min(m, ib + mb);
+            for (std::size_t k0 = 0; k0 < k; k0 += kc) {
+                const std::size_t len = std::min(kc, k - k0);
+                const WBlock blk = get_block(jb, je, k0, len, scratch);
+                for (std::size_t i0 = ib; i0 < ie; i0 += MR) {
+                    const float* xr[MR];
+                    for (std::size_t r = 0; r < MR; ++r) xr[r] = x + std::min(i0 + r, ie - 1) * k + k0;
+                    const std::size_t rows = std::min(MR, ie - i0);
+                    for (std::size_t j0 = jb; j0 < je; j0 += NR) {
+                        const float* wr[NR];
+                        for (std::size_t c = 0; c < NR; ++c) wr[c] = blk.base + (std::min(j0 + c, je - 1) - jb) * blk.stride;
+                        alignas(64) float out[MR * NR];
+                        tile(xr, wr, len, out);
+                        const std::size_t cols = std::min(NR, je - j0);
+                        for (std::size_t r = 0; r < rows; ++r) {
+                            float* yr = y + (i0 + r) * n + j0;
+                            if (k0 == 0)
+                                for (std::size_t c = 0; c < cols; ++c) yr[c] = out[r * NR + c];
+                            else
+                                for (std::size_t c = 0; c < cols; ++c) yr[c] += out[r * NR + c];
+                        }
+                    }
+                }
+            }
+            if (bias)
+                for (std::size_t i = ib; i < ie; ++i)
+                    for (std::size_t j = jb; j < je; ++j) y[i * n + j] += bias[j];
+        }
+    });
+}
+
+// GEMV driver: rows of w in groups of NR (tail rows duplicated), whole k in one pass.
+template <std::size_t NR>
+void gemv_rows(ThreadPool& pool, TileFn tile, const float* x, std::size_t k, const float* w, std::size_t n,
+               const float* bias, float* y) {
+    auto body = [&](std::size_t j0, std::size_t j1) {
+        const float* xr[1] = {x};
+        for (std::size_t j = j0; j < j1; j += NR) {
+            const float* wr[NR];
+            for (std::size_t c = 0; c < NR; ++c) wr[c] = w + std::min(j + c, j1 - 1) * k;
+            alignas(64) float out[NR];
+            tile(xr, wr, k, out);
+            const std::size_t cols = std::min(NR, j1 - j);
+            for (std::size_t c = 0; c < cols; ++c) y[j + c] = out[c] + (bias ? bias[j + c] : 0.0f);
+        }
+    };
+    if (n * k < (1u << 16)) body(0, n);  // too small to be worth waking the workers
+    else pool.parallel_for(n, 4 * NR, body);
+}
+
+#if QLM_CPU_X86
+
+// ---- AVX2 + FMA ------------------------------------------------------------------------------
+
+QLM_TARGET_AVX2 inline __m256i avx2_tail_mask(std::size_t r) {
+    alignas(32) static const std::int32_t table[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(table + 8 - r));
+}
+
+// [Σa0, Σa1, Σa2, Σa3] with one fixed tree for every lane.
+QLM_TARGET_AVX2 inline __m128 avx2_reduce4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+    const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+}
+
+template <std::size_t MR, std::size_t NR>
+QLM_TARGET_AVX2 void tile_f32_avx2(const float* const* xr, const float* const* wr, std::size_t len, float* out) {
+    static_assert(NR % 4 == 0);
+    __m256 acc[MR][NR];
+    for (std::size_t r = 0; r < MR; ++r)
+        for (std::size_t c = 0; c < NR; ++c) acc[r][c] = _mm256_setzero_ps();
+    std::size_t p = 0;
+    for (; p + 8 <= len; p += 8) {
+        __m256 xv[MR];
+        for (std::size_t r = 0; r < MR; ++r) xv[r] = _mm256_loadu_ps(xr[r] + p);
+        for (std::size_t c = 0; c < NR; ++c) {
+            const __m256 wv = _mm256_loadu_ps(wr[c] + p);
+            for (std::size_t r = 0; r < MR; ++r) acc[r][c] = _mm256_fmadd_ps(xv[r], wv, acc[r][c]);
+        }
+    }
+    if (p < len) {
+        const __m256i mask = avx2_tail_mask(len - p);
+        __m256 xv[MR];
+        for (std::size_t r = 0; r < MR; ++r) xv[r] = _mm256_maskload_ps(xr[r] + p, mask);
+        for (std::size_t c = 0; c < NR; ++c) {
+            const __m256 wv = _mm256_maskload_ps(wr[c] + p, mask);
+            for (std::size_t r = 0; r < MR; ++r) acc[r][c] = _mm256_fmadd_ps(xv[r], wv, acc[r][c]);
+        }
+    }
+    for (std::size_t r = 0; r < MR; ++r)
+        for (std::size_t c = 0; c < NR; c += 4)
+            _mm_storeu_ps(out + r * NR + c, avx2_reduce4(acc[r][c], acc[r][c + 1], acc[r][c + 2], acc[r][c + 3]));
+}
+
+// ---- AVX-512 ---------------------------------------------------------------------------------
+// GCC 12's AVX-512 intrinsics use a self-initialised "undefined" vector that trips -Wuninitialized
+// once inlined (a known false positive); silence it for the AVX-512 kernels only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+QLM_TARGET_AVX512 inline __m256 avx512_fold(__m512 a) {
+    return _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+}
+
+QLM_TARGET_AVX512 inline __m128 avx512_reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+    const __m256 b0 = avx512_fold(a0), b1 = avx512_fold(a1), b2 = avx512_fold(a2), b3 = avx512_fold(a3);
+    const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(b0, b1), _mm256_hadd_ps(b2, b3));
+    return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+}
+
+template <std::size_t MR, std::size_t NR>
+QLM_TARGET_AVX512 void tile_f32_avx512(const float* const* xr, const float* const* wr, std::size_t len, float* out) {
+    static_assert(NR % 4 == 0);
+    __m512 acc[MR][NR];
+    for (std::size_t r = 0; r < MR; ++r)
+        for (std::size_t c = 0; c < NR; ++c) acc[r][c] = _mm512_setzero_ps();
+    std::size_t p = 0;
+    for (; p + 16 <= len; p += 16) {
+        __m512 xv[MR];
+        for (std::size_t r = 0; r < MR; ++r) xv[r] = _mm512_loadu_ps(xr[r] + p);
+        for (std::size_t c = 0; c < NR; ++c) {
+            const __m512 wv = _mm512_loadu_ps(wr[c] + p);
+            for (std::size_t r = 0; r < MR; ++r) acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
+        }
+    }
+    if (p < len) {
+        const __mmask16 mask = static_cast<__mmask16>((1u << (len - p)) - 1u);
+        __m512 xv[MR];
+        for (std::size_t r = 0; r < MR; ++r) xv[r] = _mm512_maskz_loadu_ps(mask, xr[r] + p);
+        for (std::size_t c = 0; c < NR; ++c) {
+            const __m512 wv = _mm512_maskz_loadu_ps(mask, wr[c] + p);
+            for (std::size_t r = 0; r < MR; ++r) acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
+        }
+    }
+    for (std::size_t r = 0; r < MR; ++r)
+        for (std::size_t c = 0; c < NR; c += 4)
+            _mm_storeu_ps(out + r * NR + c, avx512_reduce4(acc[r][c], acc[r][c + 1], acc[r][c + 2], acc[r][c + 3]));
+}
+
+#endif  // QLM_CPU_X86
+
+inline void check_gemm_args(const void* x, std::size_t m, std::size_t k, const void* w, std::size_t n, const float* y) {
+    if (m == 0 || n == 0) return;
+    if (k == 0) throw shape_error("qlm::cpu::gemm: k must be positive");
+    if (!x || !w || !y) throw invalid_argument("qlm::cpu::gemm: null x, w or y");
+}
+
+}  // namespace detail
+
+// y[m, n] = x[m, k] · wᵀ + bias. x row stride k, y row stride n, w [n, k] row-major, bias may be null.
+inline void gemm_f32(ThreadPool& pool, const float* x, std::size_t m, std::size_t k, const float* w, std::size_t n,
+                     const float* bias, float* y, Isa isa = Isa::automatic) {
+    detail::check_gemm_args(x, m, k, w, n, y);
+    if (m == 0 || n == 0) return;
+    isa = resolve_isa(isa);
+    auto fp32_block = [&](std::size_t j0, std::size_t, std::size_t k0, std::size_t, std::vector<float>&) {
+        return detail::WBlock{w + j0 * k + k0, k};
+    };
+    switch (isa) {
+#if QLM_CPU_X86
+        case Isa::avx2:
+            if (m == 1) detail::gemv_rows<8>(pool, &detail::tile_f32_avx2<1, 8>, x, k, w, n, bias, y);
+            else detail::gemm_blocked<3, 4>(pool, &detail::tile_f32_avx2<3, 4>, x, m, k, n, bias, y, 512, 64, fp32_block);
+            return;
+        case Isa::avx512:
+            if (m == 1) detail::gemv_rows<8>(pool, &detail::tile_f32_avx512<1, 8>, x, k, w, n, bias, y);
+            else detail::gemm_blocked<4, 4>(pool, &detail::tile_f32_avx512<4, 4>, x, m, k, n, bias, y, 512, 64, fp32_block);
+            return;
+#endif
+        default:
+            pool.parallel_for(n, 16, [&](std::size_t j0, std::size_t j1) {
+                for (std::size_t i = 0; i < m; ++i)
+                    for (std::size_t j = j0; j < j1; ++j) {
+                        double acc = bias ? bias[j] : 0.0;
+                        for (std::size_t p = 0; p < k; ++p) acc += static_cast<double>(x[i * k + p]) * w[j * k + p];
+                        y[i * n + j] = static_cast<float>(acc);
+                    }
+            });
+            return;
+    }
+}
+
+}  // namespace qlm::cpu
