@@ -1,0 +1,142 @@
+// qlm-eval: perplexity of a model on a text file, or (--report) the evaluation report of several
+// models side by side: size, compression, prefill / decode speed, perplexity and its degradation
+// against the first model (the baseline, normally the fp32 original).
+#include "cli.hpp"
+
+#include <qlm/eval/perplexity.hpp>
+#include <qlm/eval/size_report.hpp>
+#include <qlm/eval/speed.hpp>
+#include <qlm/model/checkpoint.hpp>
+#include <qlm/quant/calibration.hpp>
+#include <qlm/tokenizer/gpt2_tokenizer.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+const char* kUsage = R"(usage: qlm-eval --model DIR [--model DIR ...] [options]
+  --model DIR          a float HF GPT-2 or a qlm checkpoint (repeatable; default: the bundled model)
+  --name NAME          display name of the corresponding --model (repeatable, in order)
+  --text FILE          evaluation text (default: the first model's heldout.txt)
+  --max-length N       perplexity window (default: the model's context)
+  --stride N           perplexity stride (default: max-length / 2)
+  --report             also measure size and speed; print the comparison table
+  --json FILE          write the report as JSON
+  --markdown FILE      write the report as a Markdown table
+  --prompt-tokens N    speed test prompt length (default 128, at most half the context)
+  --decode-tokens N    speed test decode steps (default 64)
+  --threads N          default: all cores
+)";
+
+struct Row {
+    std::string name, path, method, scheme;
+    double size_mb = 0, compression = 0, prefill = 0, decode = 0, perplexity = 0, seconds = 0;
+    std::size_t scored_tokens = 0;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+    const qlm::cli::Args args(argc, argv, {"report", "help"});
+    if (args.has("help")) {
+        std::fputs(kUsage, stdout);
+        return 0;
+    }
+    std::vector<std::string> models = args.all("model");
+    if (models.empty()) models.push_back(std::string(QLM_SOURCE_DIR) + "/models/gpt2-tiny-kjv");
+    const std::vector<std::string> names = args.all("name");
+    const std::string text_path = args.get("text", (std::filesystem::path(models.front()) / "heldout.txt").string());
+    const std::size_t max_length = args.number<std::size_t>("max-length", 0);
+    const std::size_t stride = args.number<std::size_t>("stride", 0);
+    const bool report = args.has("report");
+    const std::string json_path = args.get("json", "");
+    const std::string markdown_path = args.get("markdown", "");
+    std::size_t prompt_tokens = args.number<std::size_t>("prompt-tokens", 128);
+    const std::size_t decode_tokens = args.number<std::size_t>("decode-tokens", 64);
+    const std::size_t threads = args.number<std::size_t>("threads", 0);
+    args.reject_unknown();
+
+    qlm::ThreadPool pool(threads);
+    const auto tokenizer = qlm::GPT2Tokenizer::from_directory(models.front());
+    const std::vector<std::int32_t> tokens = tokenizer.encode(qlm::calibration::read_text(text_path));
+    std::fprintf(stderr, "qlm-eval: %s: %zu tokens, %zu threads\n", text_path.c_str(), tokens.size(), pool.size());
+
+    std::vector<Row> rows;
+    for (std::size_t i = 0; i < models.size(); ++i) {
+        const auto loaded = qlm::load_checkpoint(models[i]);
+        const auto& model = loaded.model;
+        Row row;
+        row.path = models[i];
+        row.name = i < names.size() ? names[i] : std::filesystem::path(models[i]).filename().string();
+        row.method = loaded.info.method;
+        row.scheme = row.method == "fp32" ? "fp32" : qlm::to_string(loaded.info.weights);
+        qlm::PerplexityOptions po;
+        po.max_length = max_length;
+        po.stride = stride;
+        const auto ppl = qlm::perplexity(pool, model, tokens, po);
+        row.perplexity = ppl.perplexity;
+        row.scored_tokens = ppl.scored_tokens;
+        row.seconds = ppl.seconds;
+        if (report) {
+            const auto size = qlm::size_report(model);
+            row.size_mb = size.total_bytes() / 1e6;
+            row.compression = size.compression();
+            prompt_tokens = std::min(prompt_tokens, model.config().n_positions / 2);
+            const auto speed = qlm::measure_speed(pool, model, prompt_tokens, decode_tokens);
+            row.prefill = speed.prefill_tokens_per_second;
+            row.decode = speed.decode_tokens_per_second;
+        }
+        std::fprintf(stderr, "  %-20s perplexity %.4f (%zu tokens scored, window %zu, stride %zu, %.1f s)\n", row.name.c_str(),
+                     row.perplexity, ppl.scored_tokens, ppl.max_length, ppl.stride, ppl.seconds);
+        rows.push_back(row);
+    }
+
+    if (!report) {
+        for (const auto& r : rows) std::printf("%s\t%.4f\n", r.name.c_str(), r.perplexity);
+        return 0;
+    }
+    const Row& base = rows.front();
+    nlohmann::json json = {{"text", text_path}, {"tokens", tokens.size()}, {"threads", pool.size()},
+                           {"prompt_tokens", prompt_tokens}, {"decode_tokens", decode_tokens}, {"baseline", base.name},
+                           {"models", nlohmann::json::array()}};
+    std::string md = "| model | method | scheme | size MB | compression | prefill tok/s | decode tok/s | speed-up | perplexity | degradation |\n"
+                     "|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n";
+    std::printf("\n%-18s %-13s %-14s %9s %7s %11s %11s %8s %11s %17s\n", "model", "method", "scheme", "size MB", "compr.",
+                "prefill t/s", "decode t/s", "speed-up", "perplexity", "degradation");
+    for (const auto& r : rows) {
+        const double speedup = r.decode / base.decode;
+        const double delta = r.perplexity - base.perplexity;
+        const double pct = 100.0 * delta / base.perplexity;
+        std::printf("%-18s %-13s %-14s %9.2f %6.2fx %11.1f %11.1f %7.2fx %11.4f %+8.4f (%+.2f%%)\n", r.name.c_str(), r.method.c_str(),
+                    r.scheme.c_str(), r.size_mb, r.compression, r.prefill, r.decode, speedup, r.perplexity, delta, pct);
+        char line[512];
+        std::snprintf(line, sizeof line, "| %s | %s | %s | %.2f | %.2fx | %.1f | %.1f | %.2fx | %.4f | %+.4f (%+.2f%%) |\n",
+                      r.name.c_str(), r.method.c_str(), r.scheme.c_str(), r.size_mb, r.compression, r.prefill, r.decode, speedup,
+                      r.perplexity, delta, pct);
+        md += line;
+        json["models"].push_back({{"name", r.name}, {"path", r.path}, {"method", r.method}, {"scheme", r.scheme},
+                                  {"size_mb", r.size_mb}, {"compression", r.compression}, {"prefill_tokens_per_second", r.prefill},
+                                  {"decode_tokens_per_second", r.decode}, {"speedup", speedup}, {"perplexity", r.perplexity},
+                                  {"degradation", delta}, {"degradation_percent", pct}, {"scored_tokens", r.scored_tokens}});
+    }
+    if (!json_path.empty()) {
+        std::ofstream out(json_path);
+        out << json.dump(2) << "\n";
+        if (!out) throw qlm::io_error("cannot write " + json_path);
+    }
+    if (!markdown_path.empty()) {
+        std::ofstream out(markdown_path);
+        out << md;
+        if (!out) throw qlm::io_error("cannot write " + markdown_path);
+    }
+    return 0;
+} catch (const qlm::error& e) {
+    std::fprintf(stderr, "qlm-eval: %s\n", e.what());
+    return 1;
+}

@@ -1,0 +1,102 @@
+// qlm-generate: load a GPT-2 checkpoint (the bundled model by default) and generate text.
+#include "cli.hpp"
+
+#include <qlm/engine/generate.hpp>
+#include <qlm/model/checkpoint.hpp>
+#include <qlm/tokenizer/gpt2_tokenizer.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <string>
+
+namespace {
+
+const char* kUsage = R"(usage: qlm-generate [options]
+  --model DIR         Hugging Face GPT-2 directory or qlm checkpoint (config.json, model.safetensors, tokenizer files)
+                      default: the bundled model, )" QLM_SOURCE_DIR R"(/models/gpt2-tiny-kjv
+  --prompt TEXT       default "Once upon a time"
+  --max-tokens N      tokens to generate (default 64)
+  --temperature T     0 = greedy (default 0.8)
+  --top-k K           0 = off (default 40)
+  --top-p P           (0, 1] (default 0.95)
+  --seed S            sampling seed (default 42)
+  --stop TEXT         stop when the output contains TEXT (repeatable)
+  --threads N         default: all cores
+  --no-cache          recompute the whole prefix every step (no KV cache)
+  --compare-cache     generate with and without the KV cache and report the speed-up
+  --quiet             print only the generated text
+)";
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+    const qlm::cli::Args args(argc, argv, {"no-cache", "compare-cache", "quiet", "help"});
+    if (args.has("help")) {
+        std::fputs(kUsage, stdout);
+        return 0;
+    }
+    const std::string model_dir = args.get("model", std::string(QLM_SOURCE_DIR) + "/models/gpt2-tiny-kjv");
+    const std::string prompt = args.get("prompt", "Once upon a time");
+    qlm::GenerateOptions options;
+    options.sampling.max_tokens = args.number<std::size_t>("max-tokens", 64);
+    options.sampling.temperature = args.number<float>("temperature", 0.8f);
+    options.sampling.top_k = args.number<std::size_t>("top-k", 40);
+    options.sampling.top_p = args.number<float>("top-p", 0.95f);
+    options.sampling.seed = args.number<std::uint64_t>("seed", 42);
+    options.sampling.stop = args.all("stop");
+    options.sampling.validate();
+    const std::size_t threads = args.number<std::size_t>("threads", 0);
+    const bool quiet = args.has("quiet");
+    const bool compare = args.has("compare-cache");
+    options.cache = args.has("no-cache") ? qlm::CacheMode::recompute : qlm::CacheMode::kv_cache;
+    args.reject_unknown();
+
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto loaded = qlm::load_checkpoint(model_dir);
+    const auto& model = loaded.model;
+    const auto tokenizer = qlm::GPT2Tokenizer::from_directory(model_dir);
+    const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    options.eos_token_id = model.config().eos_token_id;
+    qlm::ThreadPool pool(threads);
+
+    if (!quiet) {
+        const auto& c = model.config();
+        std::fprintf(stderr, "qlm-generate: %s: %zu layers, %zu heads, n_embd %zu, context %zu, %s (%s), %.1f MB, loaded in %.2f s, %zu threads\n",
+                     model_dir.c_str(), c.n_layer, c.n_head, c.n_embd, c.n_positions, loaded.info.method.c_str(),
+                     loaded.info.method == "fp32" ? "fp32" : qlm::to_string(loaded.info.weights).c_str(),
+                     model.parameter_bytes() / 1e6, load_seconds, pool.size());
+        std::printf("%s", prompt.c_str());
+        std::fflush(stdout);
+        options.on_token = [&](std::int32_t token) {
+            std::printf("%s", tokenizer.token_text(token).c_str());
+            std::fflush(stdout);
+        };
+    }
+    const auto result = qlm::generate(pool, model, tokenizer, prompt, options);
+    if (quiet) {
+        std::printf("%s%s\n", prompt.c_str(), result.text.c_str());
+    } else {
+        std::printf("\n");
+        std::fprintf(stderr, "\nprompt: %zu tokens, %.1f tokens/s | generated: %zu tokens, %.1f tokens/s (%s) | finish: %s\n",
+                     result.prompt_tokens.size(), result.prefill_tokens_per_second(), result.tokens.size(),
+                     result.decode_tokens_per_second(), options.cache == qlm::CacheMode::kv_cache ? "KV cache" : "no cache",
+                     qlm::to_string(result.finish_reason));
+    }
+    if (compare) {
+        auto other = options;
+        other.on_token = nullptr;
+        other.cache = options.cache == qlm::CacheMode::kv_cache ? qlm::CacheMode::recompute : qlm::CacheMode::kv_cache;
+        const auto second = qlm::generate(pool, model, tokenizer, prompt, other);
+        const auto& cached = options.cache == qlm::CacheMode::kv_cache ? result : second;
+        const auto& uncached = options.cache == qlm::CacheMode::kv_cache ? second : result;
+        std::fprintf(stderr, "KV cache: %.1f tokens/s, no cache: %.1f tokens/s, speed-up %.1fx over %zu tokens; same tokens: %s\n",
+                     cached.decode_tokens_per_second(), uncached.decode_tokens_per_second(),
+                     cached.decode_tokens_per_second() / uncached.decode_tokens_per_second(), cached.tokens.size(),
+                     cached.tokens == uncached.tokens ? "yes" : "no");
+    }
+    return 0;
+} catch (const qlm::error& e) {
+    std::fprintf(stderr, "qlm-generate: %s\n", e.what());
+    return 1;
+}

@@ -1,0 +1,60 @@
+#pragma once
+// Prefill and decode throughput of a model on synthetic token ids (median of repetitions).
+#include <qlm/kv/contiguous_cache.hpp>
+#include <qlm/model/gpt2.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <vector>
+
+namespace qlm {
+
+struct SpeedResult {
+    double prefill_tokens_per_second = 0.0;
+    double decode_tokens_per_second = 0.0;
+    std::size_t prompt_tokens = 0, decode_tokens = 0;
+};
+
+template <LinearLayer Linear>
+SpeedResult measure_speed(ThreadPool& pool, const GPT2Model<Linear>& model, std::size_t prompt_tokens, std::size_t decode_tokens,
+                          int repetitions = 3) {
+    using clock = std::chrono::steady_clock;
+    const auto& c = model.config();
+    if (prompt_tokens == 0 || prompt_tokens + decode_tokens > c.n_positions)
+        throw invalid_argument("qlm: speed test of " + std::to_string(prompt_tokens) + " + " + std::to_string(decode_tokens) +
+                               " tokens does not fit the context of " + std::to_string(c.n_positions));
+    std::vector<std::int32_t> prompt(prompt_tokens);
+    for (std::size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<std::int32_t>((i * 7919 + 13) % c.vocab_size);
+    ContiguousKVCache cache(c.n_layer, c.n_positions, c.n_embd);
+    ForwardWorkspace ws;
+    auto run = [&](std::size_t p, std::size_t d) {
+        cache.clear();
+        const auto t0 = clock::now();
+        auto logits = model.forward(pool, cache, std::span<const std::int32_t>(prompt).first(p), ws);
+        const auto t1 = clock::now();
+        for (std::size_t i = 0; i < d; ++i) {
+            const auto next = static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+            logits = model.forward(pool, cache, std::span<const std::int32_t>(&next, 1), ws);
+        }
+        const auto t2 = clock::now();
+        return std::pair{std::chrono::duration<double>(t1 - t0).count(), std::chrono::duration<double>(t2 - t1).count()};
+    };
+    run(std::min<std::size_t>(prompt_tokens, 8), std::min<std::size_t>(decode_tokens, 4));  // warm-up
+    std::vector<double> prefill, decode;
+    for (int r = 0; r < std::max(1, repetitions); ++r) {
+        const auto [tp, td] = run(prompt_tokens, decode_tokens);
+        prefill.push_back(static_cast<double>(prompt_tokens) / tp);
+        if (decode_tokens) decode.push_back(static_cast<double>(decode_tokens) / td);
+    }
+    std::sort(prefill.begin(), prefill.end());
+    std::sort(decode.begin(), decode.end());
+    SpeedResult s;
+    s.prompt_tokens = prompt_tokens;
+    s.decode_tokens = decode_tokens;
+    s.prefill_tokens_per_second = prefill[prefill.size() / 2];
+    s.decode_tokens_per_second = decode.empty() ? 0.0 : decode[decode.size() / 2];
+    return s;
+}
+
+}  // namespace qlm

@@ -1,0 +1,273 @@
+// GPT-2 forward pass against golden logits from an independent PyTorch implementation
+// (tools/make_golden_logits.py), with and without the KV cache, batched and unbatched.
+#include <doctest/doctest.h>
+
+#include <qlm/engine/generate.hpp>
+#include <qlm/io/safetensors.hpp>
+#include <qlm/kv/contiguous_cache.hpp>
+#include <qlm/model/load_gpt2.hpp>
+#include <qlm/tokenizer/gpt2_tokenizer.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace {
+
+const std::filesystem::path kRoot = QLM_SOURCE_DIR;
+
+struct GoldenPrompt {
+    std::vector<std::int32_t> tokens;
+    std::vector<std::int32_t> positions;
+    qlm::Tensor<float> logits;  // [positions, vocab]
+};
+
+std::vector<GoldenPrompt> load_golden(const std::filesystem::path& path) {
+    const auto file = qlm::SafetensorsFile::open(path);
+    std::vector<GoldenPrompt> prompts;
+    for (int k = 0;; ++k) {
+        const std::string p = "p" + std::to_string(k) + ".";
+        if (!file.contains(p + "tokens")) break;
+        GoldenPrompt g;
+        const auto tokens = file.view<std::int32_t>(p + "tokens");
+        const auto positions = file.view<std::int32_t>(p + "positions");
+        g.tokens.assign(tokens.data(), tokens.data() + tokens.numel());
+        g.positions.assign(positions.data(), positions.data() + positions.numel());
+        g.logits = file.to_float(p + "logits");
+        prompts.push_back(std::move(g));
+    }
+    REQUIRE(!prompts.empty());
+    return prompts;
+}
+
+// max |a - b| / max |b| over one row of logits
+double relative_error(std::span<const float> actual, std::span<const float> expected) {
+    REQUIRE(actual.size() == expected.size());
+    double diff = 0.0, scale = 0.0;
+    for (std::size_t i = 0; i < actual.size(); ++i) {
+        diff = std::max(diff, std::abs(static_cast<double>(actual[i]) - expected[i]));
+        scale = std::max(scale, std::abs(static_cast<double>(expected[i])));
+    }
+    return diff / scale;
+}
+
+std::span<const float> golden_row(const GoldenPrompt& g, std::size_t i) {
+    const std::size_t vocab = g.logits.dim(1);
+    return {g.logits.data() + i * vocab, vocab};
+}
+
+void check_model_against_golden(const std::filesystem::path& model_dir, const std::filesystem::path& golden_path) {
+    const auto model = qlm::load_gpt2(model_dir);
+    const auto prompts = load_golden(golden_path);
+    const auto& cfg = model.config();
+    for (std::size_t threads : {1, 2, 3}) {
+        qlm::ThreadPool pool(threads);
+        for (std::size_t k = 0; k < prompts.size(); ++k) {
+            const auto& g = prompts[k];
+            const std::span<const std::int32_t> tokens(g.tokens);
+            CAPTURE(k);
+            CAPTURE(threads);
+            CAPTURE(g.tokens.size());
+
+            // 1. Prefill of the whole prompt, logits of every position.
+            qlm::ContiguousKVCache cache(cfg.n_layer, cfg.n_positions, cfg.n_embd);
+            qlm::ForwardWorkspace ws;
+            model.forward(pool, cache, tokens, ws, qlm::LogitsFor::all_tokens);
+            for (std::size_t i = 0; i < g.positions.size(); ++i)
+                CHECK(relative_error(ws.logits_row(static_cast<std::size_t>(g.positions[i])), golden_row(g, i)) <= 1e-4);
+
+            // 2. Token by token through the KV cache.
+            cache.clear();
+            std::vector<std::vector<float>> stepwise;
+            for (std::size_t t = 0; t < tokens.size(); ++t) {
+                const auto logits = model.forward(pool, cache, tokens.subspan(t, 1), ws);
+                stepwise.emplace_back(logits.begin(), logits.end());
+            }
+            for (std::size_t i = 0; i < g.positions.size(); ++i)
+                CHECK(relative_error(stepwise[static_cast<std::size_t>(g.positions[i])], golden_row(g, i)) <= 1e-4);
+
+            // 3. Prefill half, decode the rest; 4. no cache: recompute the prefix for the last position.
+            cache.clear();
+            const std::size_t half = std::max<std::size_t>(1, tokens.size() / 2);
+            auto logits = model.forward(pool, cache, tokens.first(half), ws);
+            for (std::size_t t = half; t < tokens.size(); ++t) logits = model.forward(pool, cache, tokens.subspan(t, 1), ws);
+            const std::size_t last = g.positions.size() - 1;
+            REQUIRE(static_cast<std::size_t>(g.positions[last]) == tokens.size() - 1);
+            CHECK(relative_error(logits, golden_row(g, last)) <= 1e-4);
+            CHECK(cache.length() == tokens.size());
+        }
+    }
+}
+
+}  // namespace
+
+TEST_CASE("bundled model matches PyTorch golden logits with and without the KV cache") {
+    check_model_against_golden(kRoot / "models/gpt2-tiny-kjv", kRoot / "tests/data/golden_logits.safetensors");
+}
+
+TEST_CASE("random-weight model with transformer. prefix and explicit lm_head matches golden logits") {
+    check_model_against_golden(kRoot / "tests/data/golden_random_model", kRoot / "tests/data/golden_random_logits.safetensors");
+}
+
+TEST_CASE("a batch of sequences gives the same logits as each sequence alone") {
+    const auto model = qlm::load_gpt2(kRoot / "tests/data/golden_random_model");
+    const auto& cfg = model.config();
+    qlm::ThreadPool pool(2);
+    const std::vector<std::vector<std::int32_t>> prompts{{5, 17, 300, 2, 9}, {42}, {7, 7, 7, 7, 7, 7, 7, 7, 1, 2, 3}};
+
+    std::vector<std::vector<float>> alone;
+    std::vector<qlm::ContiguousKVCache> caches;
+    for (const auto& p : prompts) {
+        qlm::ContiguousKVCache cache(cfg.n_layer, cfg.n_positions, cfg.n_embd);
+        qlm::ForwardWorkspace ws;
+        model.forward(pool, cache, std::span<const std::int32_t>(p).first(p.size() - 1 ? p.size() - 1 : 1), ws);
+        if (p.size() > 1) {
+            const auto logits = model.forward(pool, cache, std::span<const std::int32_t>(p).last(1), ws);
+            alone.emplace_back(logits.begin(), logits.end());
+        } else {
+            alone.emplace_back(ws.logits_row(0).begin(), ws.logits_row(0).end());
+        }
+    }
+    // Batched: prefill all (mixed lengths) in one call, then one batched decode step for the long ones.
+    std::vector<qlm::ContiguousKVCache> batch_caches;
+    for (std::size_t i = 0; i < prompts.size(); ++i) batch_caches.emplace_back(cfg.n_layer, cfg.n_positions, cfg.n_embd);
+    std::vector<qlm::SequenceChunk<qlm::ContiguousKVCache>> chunks;
+    for (std::size_t i = 0; i < prompts.size(); ++i) {
+        const auto& p = prompts[i];
+        chunks.push_back({&batch_caches[i], std::span<const std::int32_t>(p).first(p.size() > 1 ? p.size() - 1 : 1)});
+    }
+    qlm::ForwardWorkspace ws;
+    model.forward(pool, std::span<const qlm::SequenceChunk<qlm::ContiguousKVCache>>(chunks), ws);
+    CHECK(relative_error(ws.logits_row(1), alone[1]) <= 1e-5);
+    chunks.clear();
+    for (std::size_t i : {0u, 2u}) chunks.push_back({&batch_caches[i], std::span<const std::int32_t>(prompts[i]).last(1)});
+    model.forward(pool, std::span<const qlm::SequenceChunk<qlm::ContiguousKVCache>>(chunks), ws);
+    CHECK(relative_error(ws.logits_row(0), alone[0]) <= 1e-5);
+    CHECK(relative_error(ws.logits_row(1), alone[2]) <= 1e-5);
+}
+
+TEST_CASE("bad inputs to the forward pass are reported, not computed") {
+    const auto model = qlm::load_gpt2(kRoot / "tests/data/golden_random_model");
+    const auto& cfg = model.config();
+    qlm::ThreadPool pool(1);
+    qlm::ForwardWorkspace ws;
+    qlm::ContiguousKVCache cache(cfg.n_layer, cfg.n_positions, cfg.n_embd);
+    const std::vector<std::int32_t> bad_token{1, static_cast<std::int32_t>(cfg.vocab_size)};
+    CHECK_THROWS_AS(model.forward(pool, cache, std::span<const std::int32_t>(bad_token), ws), qlm::invalid_argument);
+    const std::vector<std::int32_t> negative{-1};
+    CHECK_THROWS_AS(model.forward(pool, cache, std::span<const std::int32_t>(negative), ws), qlm::invalid_argument);
+    const std::vector<std::int32_t> too_long(cfg.n_positions + 1, 3);
+    CHECK_THROWS_AS(model.forward(pool, cache, std::span<const std::int32_t>(too_long), ws), qlm::capacity_error);
+    CHECK(cache.length() == 0);
+}
+
+TEST_CASE("checkpoint loading errors name the file and tensor") {
+    namespace fs = std::filesystem;
+    const fs::path dir = fs::temp_directory_path() / "qlm_test_gpt2_bad";
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    CHECK_THROWS_AS(qlm::load_gpt2(dir / "missing"), qlm::io_error);
+    CHECK_THROWS_AS(qlm::load_gpt2(dir), qlm::io_error);  // no config.json
+
+    const fs::path src = kRoot / "tests/data/golden_random_model";
+    fs::copy_file(src / "config.json", dir / "config.json");
+    CHECK_THROWS_AS(qlm::load_gpt2(dir), qlm::io_error);  // no weights
+
+    // A checkpoint that lacks one tensor.
+    const auto original = qlm::SafetensorsFile::open(src / "model.safetensors");
+    qlm::SafetensorsWriter writer;
+    std::vector<qlm::Tensor<float>> keep;
+    for (const auto& name : original.names()) {
+        if (name.find("h.1.mlp.c_fc.bias") != std::string::npos) continue;
+        keep.push_back(original.to_float(name));
+        const auto& info = original.info(name);
+        writer.add(name, std::vector<std::size_t>(info.dims), std::span<const float>(keep.back().span()));
+    }
+    writer.write(dir / "model.safetensors");
+    try {
+        qlm::load_gpt2(dir);
+        FAIL("expected a format_error");
+    } catch (const qlm::format_error& e) {
+        CHECK(std::string(e.what()).find("h.1.mlp.c_fc.bias") != std::string::npos);
+    }
+
+    // A config that does not fit the weights.
+    std::ofstream(dir / "config.json") << R"({"model_type": "gpt2", "n_layer": 2, "n_head": 3, "n_embd": 64, "vocab_size": 512})";
+    CHECK_THROWS_AS(qlm::load_gpt2(dir), qlm::invalid_argument);
+    std::ofstream(dir / "config.json") << R"({"model_type": "gpt2", "n_layer": 2)";
+    CHECK_THROWS_AS(qlm::load_gpt2(dir), qlm::format_error);
+    fs::remove_all(dir);
+}
+
+TEST_CASE("sampler: greedy, seeded, top-k and top-p") {
+    const std::vector<float> logits{0.1f, 2.0f, -1.0f, 1.5f, 0.0f, 1.9f};
+    qlm::SamplingParams greedy;
+    greedy.temperature = 0.0f;
+    qlm::Sampler g(greedy);
+    CHECK(g.sample(logits) == 1);
+
+    qlm::SamplingParams p;
+    p.temperature = 1.0f;
+    p.seed = 1234;
+    qlm::Sampler a(p), b(p);
+    std::vector<int> counts(logits.size());
+    for (int i = 0; i < 20000; ++i) {
+        const auto x = a.sample(logits);
+        CHECK(x == b.sample(logits));
+        ++counts[static_cast<std::size_t>(x)];
+    }
+    double z = 0.0;
+    for (float l : logits) z += std::exp(l);
+    for (std::size_t i = 0; i < logits.size(); ++i) CHECK(std::abs(counts[i] / 20000.0 - std::exp(logits[i]) / z) < 0.015);
+
+    p.top_k = 2;  // only ids 1 and 5
+    qlm::Sampler k2(p);
+    for (int i = 0; i < 500; ++i) {
+        const auto x = k2.sample(logits);
+        CHECK((x == 1 || x == 5));
+    }
+    p.top_k = 0;
+    p.top_p = 0.3f;  // the top token alone holds ~0.32 of the mass
+    qlm::Sampler nucleus(p);
+    for (int i = 0; i < 200; ++i) CHECK(nucleus.sample(logits) == 1);
+
+    p.top_p = 1.5f;
+    CHECK_THROWS_AS(qlm::Sampler{p}, qlm::invalid_argument);
+    p.top_p = 1.0f;
+    p.temperature = -1.0f;
+    CHECK_THROWS_AS(qlm::Sampler{p}, qlm::invalid_argument);
+}
+
+TEST_CASE("greedy generation is deterministic and identical with and without the KV cache") {
+    const auto model = qlm::load_gpt2(kRoot / "models/gpt2-tiny-kjv");
+    const auto tokenizer = qlm::GPT2Tokenizer::from_directory(kRoot / "models/gpt2-tiny-kjv");
+    qlm::ThreadPool pool(2);
+    qlm::GenerateOptions options;
+    options.sampling.temperature = 0.0f;
+    options.sampling.max_tokens = 40;
+    options.sampling.ignore_eos = true;
+    const auto a = qlm::generate(pool, model, tokenizer, "And the LORD said unto Moses", options);
+    const auto b = qlm::generate(pool, model, tokenizer, "And the LORD said unto Moses", options);
+    options.cache = qlm::CacheMode::recompute;
+    const auto c = qlm::generate(pool, model, tokenizer, "And the LORD said unto Moses", options);
+    CHECK(a.tokens.size() == 40);
+    CHECK(a.tokens == b.tokens);
+    CHECK(a.tokens == c.tokens);
+    CHECK(a.text == tokenizer.decode(a.tokens));
+
+    // Seeded sampling repeats itself; stop strings end the text before them.
+    options.cache = qlm::CacheMode::kv_cache;
+    options.sampling.temperature = 0.9f;
+    options.sampling.top_k = 40;
+    options.sampling.seed = 7;
+    const auto s1 = qlm::generate(pool, model, tokenizer, "Once upon a time", options);
+    const auto s2 = qlm::generate(pool, model, tokenizer, "Once upon a time", options);
+    CHECK(s1.tokens == s2.tokens);
+    options.sampling.stop = {" the"};
+    const auto stopped = qlm::generate(pool, model, tokenizer, "And the LORD said unto Moses", options);
+    CHECK(stopped.finish_reason == qlm::FinishReason::stop);  // " the" is the commonest KJV bigram start
+    CHECK(stopped.text.find(" the") == std::string::npos);
+    CHECK(stopped.tokens.size() < options.sampling.max_tokens);
+}

@@ -1,0 +1,249 @@
+// Model-level quantization (RTN, INT8 dynamic / static, GPTQ, AWQ), qlm checkpoints and the size
+// report, on a small random GPT-2 whose float logits are the reference.
+#include <doctest/doctest.h>
+
+#include <qlm/eval/perplexity.hpp>
+#include <qlm/eval/size_report.hpp>
+#include <qlm/model/quantize.hpp>
+#include <qlm/model/random_weights.hpp>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+namespace fs = std::filesystem;
+
+qlm::GPT2Config small_config() {
+    qlm::GPT2Config c;
+    c.n_layer = 2;
+    c.n_head = 4;
+    c.n_embd = 128;
+    c.n_positions = 64;
+    c.vocab_size = 300;
+    return c;
+}
+
+std::vector<std::int32_t> token_stream(std::size_t n, std::size_t vocab) {
+    std::vector<std::int32_t> t(n);
+    for (std::size_t i = 0; i < n; ++i) t[i] = static_cast<std::int32_t>((i * 37 + (i / 5) * 11) % vocab);
+    return t;
+}
+
+std::vector<float> last_logits(qlm::ThreadPool& pool, const qlm::GPT2Model<qlm::AnyLinear>& model, std::span<const std::int32_t> tokens) {
+    const auto& c = model.config();
+    qlm::ContiguousKVCache cache(c.n_layer, c.n_positions, c.n_embd);
+    qlm::ForwardWorkspace ws;
+    const auto logits = model.forward(pool, cache, tokens, ws);
+    return {logits.begin(), logits.end()};
+}
+
+double relative_error(const std::vector<float>& a, const std::vector<float>& b) {
+    double diff = 0, scale = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        diff = std::max(diff, std::abs(static_cast<double>(a[i]) - b[i]));
+        scale = std::max(scale, std::abs(static_cast<double>(b[i])));
+    }
+    return diff / scale;
+}
+
+fs::path temp_dir(const std::string& name) {
+    const fs::path p = fs::temp_directory_path() / ("qlm_test_" + name);
+    fs::remove_all(p);
+    return p;
+}
+
+}  // namespace
+
+TEST_CASE("every method quantizes every linear layer, runs, and round-trips through a checkpoint") {
+    qlm::ThreadPool pool(2);
+    const auto cfg = small_config();
+    const auto weights = qlm::random_gpt2_weights(cfg, 7);
+    const auto stream = token_stream(2000, cfg.vocab_size);
+    qlm::calibration::Options co;
+    co.samples = 8;
+    co.sample_tokens = 64;
+    const auto calibration = qlm::calibration::from_tokens(stream, co);
+    const auto prompt = std::span<const std::int32_t>(stream).subspan(100, 40);
+    const auto reference = last_logits(pool, qlm::to_any_linear(weights), prompt);
+
+    struct Case {
+        std::string method;
+        qlm::QuantSpec spec;
+        double tolerance;  // relative logit error against fp32 allowed for this scheme
+    };
+    const std::vector<Case> cases{
+        {"rtn", {8, qlm::GranularityKind::per_channel, 0, true}, 0.02},
+        {"rtn", {4, qlm::GranularityKind::per_group, 64, true}, 0.3},
+        {"rtn", {3, qlm::GranularityKind::per_group, 64, false}, 0.6},
+        {"int8-dynamic", {}, 0.03},
+        {"int8-static", {}, 0.05},
+        {"gptq", {4, qlm::GranularityKind::per_group, 64, true}, 0.3},
+        {"awq", {4, qlm::GranularityKind::per_group, 64, false}, 0.3},
+    };
+    for (const auto& c : cases) {
+        CAPTURE(c.method);
+        CAPTURE(qlm::to_string(c.spec));
+        qlm::QuantizeOptions options;
+        options.method = c.method;
+        options.weights = c.spec;
+        const auto result = qlm::quantize_gpt2(pool, weights, options, &calibration);
+        for (const auto& block : result.model.blocks())
+            for (const auto slot : qlm::kLinearSlots) CHECK_FALSE(qlm::linear_of(block, slot).holds<qlm::DenseLinear>());
+        const auto logits = last_logits(pool, result.model, prompt);
+        for (float v : logits) REQUIRE(std::isfinite(v));
+        const double err = relative_error(logits, reference);
+        CHECK(err > 0.0);
+        CHECK(err < c.tolerance);
+
+        const fs::path dir = temp_dir("ckpt_" + c.method);
+        qlm::save_checkpoint(result.model, result.info, dir);
+        const auto loaded = qlm::load_checkpoint(dir);
+        CHECK(loaded.info.method == c.method);
+        CHECK(loaded.model.parameter_bytes() == result.model.parameter_bytes());
+        CHECK(last_logits(pool, loaded.model, prompt) == logits);  // bit-exact after a round trip
+        fs::remove_all(dir);
+    }
+}
+
+TEST_CASE("GPTQ with act-order stores a permutation and matches its own dequantized weights") {
+    qlm::ThreadPool pool(2);
+    const auto cfg = small_config();
+    const auto stream = token_stream(2000, cfg.vocab_size);
+    qlm::calibration::Options co;
+    co.samples = 4;
+    co.sample_tokens = 64;
+    const auto calibration = qlm::calibration::from_tokens(stream, co);
+    qlm::QuantizeOptions options;
+    options.method = "gptq";
+    options.weights = {4, qlm::GranularityKind::per_group, 64, true};
+    options.gptq_act_order = true;
+    const auto result = qlm::quantize_gpt2(pool, qlm::random_gpt2_weights(cfg, 3), options, &calibration);
+    const auto& layer = result.model.blocks()[0].c_fc.get<qlm::QuantLinear>();
+    REQUIRE(layer.input_order().size() == cfg.n_embd);
+    // forward() with the gathered input equals x · dequantize()ᵀ in the original feature order.
+    const auto w = layer.dequantize();
+    std::vector<float> x(3 * cfg.n_embd), y(3 * layer.out_features()), expected(y.size());
+    for (std::size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.37f * static_cast<float>(i)) + 0.1f;
+    layer.forward(pool, x.data(), 3, y.data());
+    for (std::size_t r = 0; r < 3; ++r)
+        for (std::size_t o = 0; o < layer.out_features(); ++o) {
+            double acc = layer.bias().data()[o];
+            for (std::size_t k = 0; k < cfg.n_embd; ++k) acc += static_cast<double>(x[r * cfg.n_embd + k]) * w.data()[o * cfg.n_embd + k];
+            expected[r * layer.out_features() + o] = static_cast<float>(acc);
+        }
+    CHECK(relative_error(y, expected) < 1e-5);
+    const fs::path dir = temp_dir("ckpt_actorder");
+    qlm::save_checkpoint(result.model, result.info, dir);
+    const auto prompt = std::span<const std::int32_t>(stream).first(20);
+    CHECK(last_logits(pool, qlm::load_checkpoint(dir).model, prompt) == last_logits(pool, result.model, prompt));
+    fs::remove_all(dir);
+}
+
+TEST_CASE("size report: bytes per linear weight and compression") {
+    qlm::ThreadPool pool(1);
+    auto cfg = small_config();
+    cfg.n_embd = 256;
+    const auto weights = qlm::random_gpt2_weights(cfg, 1);
+    const auto fp32 = qlm::size_report(qlm::to_any_linear(weights));
+    CHECK(fp32.linear_bytes_per_weight() == doctest::Approx(4.0));
+    CHECK(fp32.compression() == doctest::Approx(1.0));
+
+    qlm::QuantizeOptions options;
+    options.weights = {4, qlm::GranularityKind::per_group, 128, true};
+    const auto w4 = qlm::size_report(qlm::quantize_gpt2(pool, weights, options).model);
+    CHECK(w4.linear_bytes_per_weight() == doctest::Approx(0.5 + 4.0 / 128));  // codes + fp32 scale per 128
+    CHECK(w4.linear_bytes_per_weight() <= 0.6);
+    options.method = "int8-dynamic";
+    const auto w8 = qlm::size_report(qlm::quantize_gpt2(pool, weights, options).model);
+    CHECK(w8.linear_bytes_per_weight() == doctest::Approx(1.0 + 4.0 / cfg.n_embd).epsilon(0.02));
+    CHECK(w4.compression() > w8.compression());
+    CHECK(w8.compression() > 1.0);
+}
+
+TEST_CASE("quantization options and calibration are validated") {
+    qlm::ThreadPool pool(1);
+    const auto weights = qlm::random_gpt2_weights(small_config(), 1);
+    qlm::QuantizeOptions options;
+    options.method = "gptq";
+    CHECK_THROWS_AS(qlm::quantize_gpt2(pool, weights, options), qlm::invalid_argument);  // no calibration
+    options.method = "magic";
+    CHECK_THROWS_AS(qlm::quantize_gpt2(pool, weights, options), qlm::invalid_argument);
+    options.method = "rtn";
+    options.weights = {5, qlm::GranularityKind::per_channel, 0, true};
+    CHECK_THROWS_AS(qlm::quantize_gpt2(pool, weights, options), qlm::invalid_argument);
+    const std::vector<std::int32_t> one{1};
+    CHECK_THROWS_AS(qlm::calibration::from_tokens(one, {}), qlm::invalid_argument);
+}
+
+TEST_CASE("corrupt or inconsistent quantized checkpoints give clear errors") {
+    qlm::ThreadPool pool(1);
+    const auto weights = qlm::random_gpt2_weights(small_config(), 2);
+    qlm::QuantizeOptions options;
+    options.weights = {4, qlm::GranularityKind::per_group, 64, false};
+    const auto result = qlm::quantize_gpt2(pool, weights, options);
+    const fs::path dir = temp_dir("ckpt_bad");
+    qlm::save_checkpoint(result.model, result.info, dir);
+    const auto original = qlm::SafetensorsFile::open(dir / "model.safetensors");
+
+    // Rewrites model.safetensors with one tensor dropped or replaced, and expects `E`.
+    auto rewrite = [&](const std::string& target, bool drop, std::vector<std::size_t> new_shape, auto expected) {
+        qlm::SafetensorsWriter writer;
+        for (const auto& [k, v] : original.metadata()) writer.set_metadata(k, v);
+        for (const auto& name : original.names()) {
+            const auto& info = original.info(name);
+            if (name == target && drop) continue;
+            if (name == target) {
+                std::size_t n = 1;
+                for (auto d : new_shape) n *= d;
+                std::vector<std::byte> bytes(n * qlm::dtype_size(info.dtype));
+                writer.add(name, info.dtype, new_shape, bytes);
+            } else {
+                writer.add(name, info.dtype, info.dims, info.bytes);
+            }
+        }
+        writer.write(dir / "model.safetensors");
+        using E = decltype(expected);
+        CHECK_THROWS_AS(qlm::load_checkpoint(dir), E);
+    };
+    rewrite("h.0.attn.c_attn.scales", true, {}, qlm::format_error{""});
+    rewrite("h.1.mlp.c_fc.qzeros", true, {}, qlm::format_error{""});
+    rewrite("h.0.mlp.c_proj.qweight", false, {128, 7}, qlm::shape_error{""});
+    rewrite("h.0.attn.c_proj.scales", false, {128, 3}, qlm::shape_error{""});
+    fs::remove_all(dir);
+
+    qlm::save_checkpoint(result.model, result.info, dir);
+    std::ifstream in(dir / "config.json");
+    auto config = nlohmann::json::parse(in);
+    in.close();
+    config["quantization_config"]["format_version"] = 99;
+    std::ofstream(dir / "config.json") << config.dump();
+    CHECK_THROWS_AS(qlm::load_checkpoint(dir), qlm::format_error);
+    config["quantization_config"]["format_version"] = 1;
+    config["quantization_config"]["scheme"] = "w5-g64-sym";
+    std::ofstream(dir / "config.json") << config.dump();
+    CHECK_THROWS_AS(qlm::load_checkpoint(dir), qlm::format_error);
+    fs::remove_all(dir);
+}
+
+TEST_CASE("perplexity is the same number whatever the thread count") {
+    const auto cfg = small_config();
+    const auto model = qlm::to_any_linear(qlm::random_gpt2_weights(cfg, 5));
+    const auto stream = token_stream(300, cfg.vocab_size);
+    qlm::PerplexityOptions o;
+    o.max_length = 64;
+    o.stride = 24;
+    std::vector<double> values;
+    for (std::size_t threads : {1, 2, 3}) {
+        qlm::ThreadPool pool(threads);
+        const auto r = qlm::perplexity(pool, model, stream, o);
+        CHECK(r.scored_tokens == stream.size() - 1);
+        values.push_back(r.perplexity);
+    }
+    CHECK(values[0] == values[1]);
+    CHECK(values[0] == values[2]);
+    CHECK(values[0] > 1.0);
+}
