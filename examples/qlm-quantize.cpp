@@ -28,6 +28,7 @@ const char* kUsage = R"(usage: qlm-quantize --model DIR --method METHOD --out DI
   --act-order            gptq: quantize columns by descending Hessian diagonal
   --damp P               gptq: dampening fraction of mean(diag H) (default 0.01)
   --no-clip              awq: skip the weight clipping search
+  --float-head           keep the tied embedding / output head in fp32 (default: 8-bit per channel)
   --threads N            default: all cores
   --verbose              print every tensor in the size report
 )";
@@ -43,7 +44,7 @@ void progress_bar(const qlm::QuantizeProgress& p) {
 }  // namespace
 
 int main(int argc, char** argv) try {
-    const qlm::cli::Args args(argc, argv, {"asym", "sym", "mse-clip", "act-order", "no-clip", "verbose", "help"});
+    const qlm::cli::Args args(argc, argv, {"asym", "sym", "mse-clip", "act-order", "no-clip", "float-head", "verbose", "help"});
     if (args.has("help")) {
         std::fputs(kUsage, stdout);
         return 0;
@@ -63,6 +64,7 @@ int main(int argc, char** argv) try {
     options.gptq_act_order = args.has("act-order");
     options.gptq_percdamp = args.number<double>("damp", 0.01);
     options.awq_clip = !args.has("no-clip");
+    options.quantize_head = !args.has("float-head");
     auto calibration_files = args.all("calibration");
     qlm::calibration::Options cal_options;
     cal_options.samples = args.number<std::size_t>("samples", 128);

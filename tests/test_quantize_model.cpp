@@ -90,6 +90,7 @@ TEST_CASE("every method quantizes every linear layer, runs, and round-trips thro
         qlm::QuantizeOptions options;
         options.method = c.method;
         options.weights = c.spec;
+        options.quantize_head = c.method == "gptq" || c.method == "int8-dynamic";
         const auto result = qlm::quantize_gpt2(pool, weights, options, &calibration);
         for (const auto& block : result.model.blocks())
             for (const auto slot : qlm::kLinearSlots) CHECK_FALSE(qlm::linear_of(block, slot).holds<qlm::DenseLinear>());
@@ -103,6 +104,7 @@ TEST_CASE("every method quantizes every linear layer, runs, and round-trips thro
         qlm::save_checkpoint(result.model, result.info, dir);
         const auto loaded = qlm::load_checkpoint(dir);
         CHECK(loaded.info.method == c.method);
+        CHECK(loaded.model.tied_head().has_value() == options.quantize_head);
         CHECK(loaded.model.parameter_bytes() == result.model.parameter_bytes());
         CHECK(last_logits(pool, loaded.model, prompt) == logits);  // bit-exact after a round trip
         fs::remove_all(dir);

@@ -107,7 +107,8 @@ public:
     T* data() noexcept { return static_cast<T*>(storage_.get()); }
     const T* data() const noexcept { return static_cast<const T*>(storage_.get()); }
     const Shape& shape() const noexcept { return shape_; }
-    std::size_t numel() const noexcept { return shape_.numel(); }
+    // A default-constructed tensor holds nothing (numel 0), unlike a rank-0 scalar Tensor(Shape{}).
+    std::size_t numel() const noexcept { return storage_ ? shape_.numel() : 0; }
     std::size_t dim(std::size_t i) const noexcept { return shape_[i]; }
     std::size_t bytes() const noexcept { return numel() * sizeof(T); }
     std::span<T> span() noexcept { return {data(), numel()}; }

@@ -1,7 +1,9 @@
 #pragma once
-// A fixed-size thread pool for data-parallel loops. Workers sleep on a condition variable
-// when idle (no spinning); the calling thread takes part in every loop.
+// A fixed-size thread pool for data-parallel loops. The calling thread takes part in every loop.
+// After a loop, workers poll for the next one for a few microseconds (a decode step runs dozens
+// of short loops back to back) and then sleep on a condition variable: an idle pool uses no CPU.
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <exception>
@@ -43,9 +45,9 @@ public:
         {
             std::lock_guard lock(mutex_);
             task_ = &fn;
-            pending_ = workers_.size();
+            pending_.store(workers_.size(), std::memory_order_relaxed);
             error_ = nullptr;
-            ++generation_;
+            generation_.fetch_add(1, std::memory_order_release);
         }
         wake_.notify_all();
         std::exception_ptr caller_error;
@@ -54,8 +56,9 @@ public:
         } catch (...) {
             caller_error = std::current_exception();
         }
+        for (int i = 0; i < kSpinIterations && pending_.load(std::memory_order_acquire) != 0; ++i) pause();
         std::unique_lock lock(mutex_);
-        done_.wait(lock, [this] { return pending_ == 0; });
+        done_.wait(lock, [this] { return pending_.load(std::memory_order_acquire) == 0; });
         task_ = nullptr;
         if (caller_error) std::rethrow_exception(caller_error);
         if (error_) std::rethrow_exception(error_);
@@ -82,15 +85,24 @@ public:
     }
 
 private:
+    static constexpr int kSpinIterations = 4000;  // a few tens of microseconds
+
+    static void pause() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+
     void worker_loop(std::size_t index) {
         std::size_t seen = 0;
         for (;;) {
             const std::function<void(std::size_t)>* task = nullptr;
+            for (int i = 0; i < kSpinIterations && generation_.load(std::memory_order_acquire) == seen; ++i) pause();
             {
                 std::unique_lock lock(mutex_);
-                wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
+                wake_.wait(lock, [&] { return stopping_ || generation_.load(std::memory_order_relaxed) != seen; });
                 if (stopping_) return;
-                seen = generation_;
+                seen = generation_.load(std::memory_order_relaxed);
                 task = task_;
             }
             std::exception_ptr error;
@@ -101,7 +113,7 @@ private:
             }
             std::lock_guard lock(mutex_);
             if (error && !error_) error_ = error;
-            if (--pending_ == 0) done_.notify_one();
+            if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) done_.notify_one();
         }
     }
 
@@ -111,8 +123,8 @@ private:
     std::condition_variable wake_;
     std::condition_variable done_;
     const std::function<void(std::size_t)>* task_ = nullptr;
-    std::size_t pending_ = 0;
-    std::size_t generation_ = 0;
+    std::atomic<std::size_t> pending_{0};
+    std::atomic<std::size_t> generation_{0};
     std::exception_ptr error_;
     bool stopping_ = false;
 };

@@ -40,7 +40,17 @@ SizeReport size_report(const GPT2Model<Linear>& model) {
         r.other_params += t.numel();
         r.other_bytes += t.bytes();
     };
-    other("wte.weight", model.wte());
+    if (model.tied_head()) {
+        const auto& head = *model.tied_head();
+        std::string kind = "fp32";
+        if constexpr (std::is_same_v<Linear, AnyLinear>)
+            if (head.template holds<QuantLinear>()) kind = to_string(head.template get<QuantLinear>().weight().spec());
+        r.tensors.push_back({"wte (tied head)", kind, head.in_features() * head.out_features(), head.weight_bytes()});
+        r.other_params += head.in_features() * head.out_features();
+        r.other_bytes += head.weight_bytes();
+    } else {
+        other("wte.weight", model.wte());
+    }
     other("wpe.weight", model.wpe());
     for (std::size_t i = 0; i < model.blocks().size(); ++i) {
         const auto& b = model.blocks()[i];

@@ -18,7 +18,7 @@ struct SpeedResult {
 
 template <LinearLayer Linear>
 SpeedResult measure_speed(ThreadPool& pool, const GPT2Model<Linear>& model, std::size_t prompt_tokens, std::size_t decode_tokens,
-                          int repetitions = 3) {
+                          int repetitions = 3, ForwardProfile* decode_profile = nullptr) {
     using clock = std::chrono::steady_clock;
     const auto& c = model.config();
     if (prompt_tokens == 0 || prompt_tokens + decode_tokens > c.n_positions)
@@ -28,11 +28,13 @@ SpeedResult measure_speed(ThreadPool& pool, const GPT2Model<Linear>& model, std:
     for (std::size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<std::int32_t>((i * 7919 + 13) % c.vocab_size);
     ContiguousKVCache cache(c.n_layer, c.n_positions, c.n_embd);
     ForwardWorkspace ws;
-    auto run = [&](std::size_t p, std::size_t d) {
+    auto run = [&](std::size_t p, std::size_t d, ForwardProfile* profile = nullptr) {
         cache.clear();
+        ws.profile = nullptr;
         const auto t0 = clock::now();
         auto logits = model.forward(pool, cache, std::span<const std::int32_t>(prompt).first(p), ws);
         const auto t1 = clock::now();
+        ws.profile = profile;
         for (std::size_t i = 0; i < d; ++i) {
             const auto next = static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
             logits = model.forward(pool, cache, std::span<const std::int32_t>(&next, 1), ws);
@@ -47,6 +49,7 @@ SpeedResult measure_speed(ThreadPool& pool, const GPT2Model<Linear>& model, std:
         prefill.push_back(static_cast<double>(prompt_tokens) / tp);
         if (decode_tokens) decode.push_back(static_cast<double>(decode_tokens) / td);
     }
+    if (decode_profile && decode_tokens) run(prompt_tokens, decode_tokens, decode_profile);
     std::sort(prefill.begin(), prefill.end());
     std::sort(decode.begin(), decode.end());
     SpeedResult s;

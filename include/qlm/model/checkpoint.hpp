@@ -93,7 +93,7 @@ inline void save_checkpoint(const GPT2Model<AnyLinear>& model, const Quantizatio
     SafetensorsWriter writer;
     std::vector<Tensor<float>> keep;  // transposed float weights must outlive write()
     auto add_float = [&](const std::string& name, const Tensor<float>& t) { writer.add(name, t); };
-    add_float("wte.weight", model.wte());
+    if (!model.tied_head()) add_float("wte.weight", model.wte());
     add_float("wpe.weight", model.wpe());
     add_float("ln_f.weight", model.ln_f().weight);
     add_float("ln_f.bias", model.ln_f().bias);
@@ -138,6 +138,18 @@ inline void save_checkpoint(const GPT2Model<AnyLinear>& model, const Quantizatio
                 writer.set_metadata("qlm.kind." + name, q.is_static() ? "w8a8-static" : "w8a8-dynamic");
             }
         }
+    }
+    if (model.tied_head()) {
+        // The tied embedding / head, quantized: "wte" holds it under the linear-layer naming.
+        const AnyLinear& head = *model.tied_head();
+        if (!head.holds<QuantLinear>() || !head.get<QuantLinear>().input_order().empty())
+            throw invalid_argument("qlm: a tied head must be a weight-only quantized layer without input order");
+        const AnyQuantTensor& w = head.get<QuantLinear>().weight();
+        writer.add("wte.qweight", DType::U8, {w.rows(), w.row_bytes()}, std::as_bytes(w.packed()));
+        writer.add("wte.scales", DType::F32, {w.rows(), w.groups()}, std::as_bytes(w.scales()));
+        if (!w.symmetric()) writer.add("wte.qzeros", DType::U8, {w.rows(), w.groups()}, std::as_bytes(w.zeros()));
+        writer.set_metadata("qlm.scheme.wte", to_string(w.spec()));
+        writer.set_metadata("qlm.kind.wte", "weight-only");
     }
     writer.set_metadata("format", "qlm");
     writer.write(dir / "model.safetensors");
@@ -193,8 +205,7 @@ inline LoadedModel load_checkpoint(const std::filesystem::path& dir) {
         std::copy_n(view.data(), view.numel(), t.data());
         return t;
     };
-    auto load_linear = [&](std::size_t layer, LinearSlot slot, std::size_t in, std::size_t out) -> AnyLinear {
-        const std::string name = detail::layer_prefix(layer, slot);
+    auto load_linear = [&](const std::string& name, std::size_t in, std::size_t out) -> AnyLinear {
         const Tensor<float> bias = ckpt.contains(name + ".bias") ? ckpt.load_float(name + ".bias", Shape{out}) : Tensor<float>();
         if (!ckpt.contains(name + ".qweight")) {
             return DenseLinear(detail::transpose(ckpt.load_float(name + ".weight", Shape{in, out})), bias);
@@ -236,23 +247,31 @@ inline LoadedModel load_checkpoint(const std::filesystem::path& dir) {
         throw format_error("qlm: " + f.path() + ": layer '" + name + "' has unknown kind '" + kind + "'");
     };
 
-    Tensor<float> wte = ckpt.load_float("wte.weight", Shape{config.vocab_size, C});
+    std::optional<AnyLinear> tied_head;
+    Tensor<float> wte;
+    if (ckpt.contains("wte.qweight")) {
+        tied_head = load_linear("wte", C, config.vocab_size);
+        wte = Tensor<float>(Shape{config.vocab_size, C});  // placeholder for the constructor's shape check
+    } else {
+        wte = ckpt.load_float("wte.weight", Shape{config.vocab_size, C});
+    }
     Tensor<float> wpe = ckpt.load_float("wpe.weight", Shape{config.n_positions, C});
     std::vector<GPT2Block<AnyLinear>> blocks;
     for (std::size_t i = 0; i < config.n_layer; ++i) {
         const std::string p = "h." + std::to_string(i) + ".";
-        blocks.push_back({detail::load_layer_norm(ckpt, p + "ln_1", C), load_linear(i, LinearSlot::c_attn, C, 3 * C),
-                          load_linear(i, LinearSlot::attn_proj, C, C), detail::load_layer_norm(ckpt, p + "ln_2", C),
-                          load_linear(i, LinearSlot::c_fc, C, config.inner()),
-                          load_linear(i, LinearSlot::mlp_proj, config.inner(), C)});
+        blocks.push_back({detail::load_layer_norm(ckpt, p + "ln_1", C), load_linear(p + "attn.c_attn", C, 3 * C),
+                          load_linear(p + "attn.c_proj", C, C), detail::load_layer_norm(ckpt, p + "ln_2", C),
+                          load_linear(p + "mlp.c_fc", C, config.inner()), load_linear(p + "mlp.c_proj", config.inner(), C)});
     }
     std::optional<DenseLinear> head;
-    if (ckpt.contains("lm_head.weight")) {
+    if (ckpt.contains("lm_head.weight") && !tied_head) {
         Tensor<float> h = ckpt.load_float("lm_head.weight", Shape{config.vocab_size, C});
         if (!std::equal(h.span().begin(), h.span().end(), wte.span().begin())) head = DenseLinear(std::move(h), Tensor<float>());
     }
     LayerNormWeights ln_f = detail::load_layer_norm(ckpt, "ln_f", C);
-    return {GPT2Model<AnyLinear>(config, std::move(wte), std::move(wpe), std::move(blocks), std::move(ln_f), std::move(head)), info};
+    GPT2Model<AnyLinear> model(config, std::move(wte), std::move(wpe), std::move(blocks), std::move(ln_f), std::move(head));
+    if (tied_head) model.set_tied_head(std::move(*tied_head));
+    return {std::move(model), info};
 }
 
 // A float model as GPT2Model<AnyLinear> (every layer DenseLinear), the starting point of quantizers.

@@ -11,6 +11,7 @@
 #include <qlm/model/config.hpp>
 #include <qlm/model/linear.hpp>
 
+#include <chrono>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -78,8 +79,22 @@ const Linear& linear_of(const GPT2Block<Linear>& b, LinearSlot slot) noexcept {
 // Sees the input rows of every linear layer as the forward pass runs (calibration capture).
 using LinearInputHook = std::function<void(std::size_t layer, LinearSlot slot, const float* x, std::size_t rows)>;
 
+// Where the time of forward passes goes (wall-clock seconds per operation, summed).
+struct ForwardProfile {
+    enum Op { embed, layer_norm, c_attn, attention, attn_proj, c_fc, gelu, mlp_proj, residual, head, count };
+    static constexpr const char* names[count] = {"embed", "layer_norm", "c_attn (qkv)", "attention", "attn.c_proj",
+                                                 "mlp.c_fc", "gelu", "mlp.c_proj", "residual add", "ln_f + head"};
+    double seconds[count] = {};
+    double total() const noexcept {
+        double t = 0;
+        for (double v : seconds) t += v;
+        return t;
+    }
+};
+
 // Scratch buffers of a forward pass, grown on demand and reused across steps.
 struct ForwardWorkspace {
+    ForwardProfile* profile = nullptr;  // when set, forward passes add their per-operation times
     Tensor<float> residual, normed, qkv, attention, mlp, logits, scores;
     std::vector<std::size_t> logit_rows;
 
@@ -112,10 +127,21 @@ public:
     // For quantizers that rewrite layers in place (swap a linear, fold scales into a layer norm).
     std::vector<GPT2Block<Linear>>& mutable_blocks() noexcept { return blocks_; }
     const std::optional<DenseLinear>& untied_head() const noexcept { return untied_head_; }
+    // The tied embedding / output head stored as a (quantized) linear layer [vocab, n_embd]; when
+    // set, the float wte is dropped and embedding rows are dequantized from it.
+    const std::optional<Linear>& tied_head() const noexcept { return tied_head_; }
+    void set_tied_head(Linear head) {
+        if (untied_head_) throw invalid_argument("qlm: the model has an untied lm_head; its wte cannot become the head");
+        if (head.in_features() != config_.n_embd || head.out_features() != config_.vocab_size)
+            throw shape_error("qlm: tied head must map n_embd -> vocab_size");
+        tied_head_ = std::move(head);
+        wte_ = Tensor<float>();
+    }
 
     // Bytes of all parameters as stored (embeddings, norms, linear layers incl. scales).
     std::size_t parameter_bytes() const noexcept {
         std::size_t bytes = wte_.bytes() + wpe_.bytes() + ln_f_.weight.bytes() + ln_f_.bias.bytes();
+        if (tied_head_) bytes += tied_head_->weight_bytes();
         for (const auto& b : blocks_) {
             bytes += b.ln_1.weight.bytes() + b.ln_1.bias.bytes() + b.ln_2.weight.bytes() + b.ln_2.bias.bytes();
             bytes += b.c_attn.weight_bytes() + b.attn_proj.weight_bytes() + b.c_fc.weight_bytes() + b.mlp_proj.weight_bytes();
@@ -142,7 +168,10 @@ public:
                 ws.logit_rows.push_back(row - 1);
             }
         }
+        const auto t0 = std::chrono::steady_clock::now();
         output_head(pool, ws);
+        if (ws.profile)
+            ws.profile->seconds[ForwardProfile::head] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         for (const auto& chunk : chunks) chunk.cache->set_length(chunk.cache->length() + chunk.tokens.size());
     }
 
@@ -168,7 +197,10 @@ public:
         ForwardWorkspace::ensure(ws.attention, m, C);
         ForwardWorkspace::ensure(ws.mlp, m, config_.inner());
         ForwardWorkspace::ensure(ws.scores, pool.size(), config_.n_positions);
+        const auto t0 = std::chrono::steady_clock::now();
         embed_rows(chunks, ws.residual.data());
+        if (ws.profile)
+            ws.profile->seconds[ForwardProfile::embed] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         return m;
     }
 
@@ -242,9 +274,16 @@ private:
                 if (token < 0 || static_cast<std::size_t>(token) >= config_.vocab_size)
                     throw invalid_argument("qlm: token id " + std::to_string(token) + " outside the vocabulary of " +
                                            std::to_string(config_.vocab_size));
-                const float* te = wte_.row(static_cast<std::size_t>(token));
                 const float* pe = wpe_.row(start + i);
                 float* out = x + row * C;
+                if constexpr (requires(const Linear& l, std::span<float> o) { l.dequantize_row(std::size_t{}, o); }) {
+                    if (tied_head_) {
+                        tied_head_->dequantize_row(static_cast<std::size_t>(token), std::span<float>(out, C));
+                        for (std::size_t c = 0; c < C; ++c) out[c] += pe[c];
+                        continue;
+                    }
+                }
+                const float* te = wte_.row(static_cast<std::size_t>(token));
                 for (std::size_t c = 0; c < C; ++c) out[c] = te[c] + pe[c];
             }
         }
@@ -265,32 +304,44 @@ private:
         const std::size_t C = config_.n_embd;
         const float eps = config_.layer_norm_epsilon;
 
+        using Op = ForwardProfile::Op;
+        auto timed = [&](Op op, auto&& fn) {
+            if (!ws.profile) return fn();
+            const auto t0 = std::chrono::steady_clock::now();
+            fn();
+            ws.profile->seconds[op] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        };
+
         // Attention sub-block: x += proj(attention(ln_1(x)))
-        layer_norm(pool, ws.residual.data(), block.ln_1, m, C, eps, ws.normed.data());
+        timed(Op::layer_norm, [&] { layer_norm(pool, ws.residual.data(), block.ln_1, m, C, eps, ws.normed.data()); });
         if (hook) hook(layer, LinearSlot::c_attn, ws.normed.data(), m);
-        block.c_attn.forward(pool, ws.normed.data(), m, ws.qkv.data());  // [m, 3C] = q | k | v
-        store_keys_values(layer, chunks, ws.qkv.data());
-        attention(pool, layer, chunks, ws);
+        timed(Op::c_attn, [&] { block.c_attn.forward(pool, ws.normed.data(), m, ws.qkv.data()); });  // [m, 3C] = q | k | v
+        timed(Op::attention, [&] {
+            store_keys_values(layer, chunks, ws.qkv.data());
+            attention(pool, layer, chunks, ws);
+        });
         if (hook) hook(layer, LinearSlot::attn_proj, ws.attention.data(), m);
-        block.attn_proj.forward(pool, ws.attention.data(), m, ws.normed.data());
-        cpu::add_inplace(ws.residual.data(), ws.normed.data(), m * C);
+        timed(Op::attn_proj, [&] { block.attn_proj.forward(pool, ws.attention.data(), m, ws.normed.data()); });
+        timed(Op::residual, [&] { cpu::add_inplace(ws.residual.data(), ws.normed.data(), m * C); });
 
         // MLP sub-block: x += proj(gelu(fc(ln_2(x))))
-        layer_norm(pool, ws.residual.data(), block.ln_2, m, C, eps, ws.normed.data());
+        timed(Op::layer_norm, [&] { layer_norm(pool, ws.residual.data(), block.ln_2, m, C, eps, ws.normed.data()); });
         if (hook) hook(layer, LinearSlot::c_fc, ws.normed.data(), m);
-        block.c_fc.forward(pool, ws.normed.data(), m, ws.mlp.data());
+        timed(Op::c_fc, [&] { block.c_fc.forward(pool, ws.normed.data(), m, ws.mlp.data()); });
         const std::size_t inner = config_.inner();
         const bool exact = config_.gelu_exact();
-        pool.parallel_for(m, 4, [&](std::size_t begin, std::size_t end) {
-            float* rows = ws.mlp.data() + begin * inner;
-            if (exact)
-                cpu::gelu_erf(rows, (end - begin) * inner);
-            else
-                cpu::gelu_tanh(rows, (end - begin) * inner);
+        timed(Op::gelu, [&] {
+            pool.parallel_for(m, 4, [&](std::size_t begin, std::size_t end) {
+                float* rows = ws.mlp.data() + begin * inner;
+                if (exact)
+                    cpu::gelu_erf(rows, (end - begin) * inner);
+                else
+                    cpu::gelu_tanh(rows, (end - begin) * inner);
+            });
         });
         if (hook) hook(layer, LinearSlot::mlp_proj, ws.mlp.data(), m);
-        block.mlp_proj.forward(pool, ws.mlp.data(), m, ws.normed.data());
-        cpu::add_inplace(ws.residual.data(), ws.normed.data(), m * C);
+        timed(Op::mlp_proj, [&] { block.mlp_proj.forward(pool, ws.mlp.data(), m, ws.normed.data()); });
+        timed(Op::residual, [&] { cpu::add_inplace(ws.residual.data(), ws.normed.data(), m * C); });
     }
 
     template <KVSequence Cache>
@@ -330,8 +381,12 @@ private:
             row += chunks[c].tokens.size();
         }
         const std::size_t items = row * H;
-        const std::size_t threads = pool.size();
-        pool.run_on_all([&](std::size_t t) {
+        std::size_t macs = 0;  // ~2 · positions · head_dim per item
+        for (std::size_t c = 0; c < chunks.size(); ++c)
+            macs += chunks[c].tokens.size() * (starts[c].first_position + chunks[c].tokens.size()) * C * 2;
+        const std::size_t threads = macs < cpu::kParallelMinMacs ? 1 : pool.size();
+        auto work = [&](std::size_t t) {
+            if (t >= threads) return;
             float* scores = ws.scores.row(t);
             for (std::size_t item = items * t / threads; item < items * (t + 1) / threads; ++item) {
                 const std::size_t r = item / H;
@@ -345,7 +400,11 @@ private:
                 std::fill_n(out, D, 0.0f);
                 for (std::size_t p = 0; p <= position; ++p) cpu::axpy(scores[p], cs.cache->value(layer, p) + h * D, out, D);
             }
-        });
+        };
+        if (threads == 1)
+            work(0);
+        else
+            pool.run_on_all(work);
     }
 
     void output_head(ThreadPool& pool, ForwardWorkspace& ws) const {
@@ -356,7 +415,9 @@ private:
             cpu::layer_norm_row(ws.residual.row(ws.logit_rows[i]), ln_f_.weight.data(), ln_f_.bias.data(), C,
                                 config_.layer_norm_epsilon, ws.normed.row(i));
         ForwardWorkspace::ensure(ws.logits, rows, config_.vocab_size);
-        if (untied_head_)
+        if (tied_head_)
+            tied_head_->forward(pool, ws.normed.data(), rows, ws.logits.data());
+        else if (untied_head_)
             untied_head_->forward(pool, ws.normed.data(), rows, ws.logits.data());
         else
             cpu::gemm_f32(pool, ws.normed.data(), rows, C, wte_.data(), config_.vocab_size, nullptr, ws.logits.data());
@@ -368,6 +429,7 @@ private:
     std::vector<GPT2Block<Linear>> blocks_;
     LayerNormWeights ln_f_;
     std::optional<DenseLinear> untied_head_;
+    std::optional<Linear> tied_head_;
 };
 
 }  // namespace qlm

@@ -333,7 +333,7 @@ struct AutoGptqConfig {
         return c;
     }
 
-    bool zero_minus_one() const noexcept { return checkpoint_format == "gptq"; }
+    bool zero_minus_one() const noexcept { return false; }
 };
 
 namespace detail::interop {
@@ -358,6 +358,8 @@ inline AnyLinear load_gptq_linear(const TensorSource& src, const AutoGptqConfig&
         throw shape_error(src.where(qw) + "in_features " + std::to_string(K) + " is not a multiple of group_size " + std::to_string(G));
     const std::size_t groups = K / G;
     const std::uint32_t maxq = (1u << b) - 1, mid = 1u << (b - 1);
+    QuantSpec spec = foreign_spec(b, cfg.group_size, /*symmetric=*/false, src.where(qw));  // mode decided below
+    AnyQuantTensor::check_shape(spec, N, K, src.resolve(qw));
 
     const auto qweight = src.load_words(qw, {K * ub / 32, N}, "in_features * bits / 32, out_features");
     const auto qzeros = src.load_words(qz, {groups, N * ub / 32}, "groups, out_features * bits / 32");
@@ -416,8 +418,7 @@ inline AnyLinear load_gptq_linear(const TensorSource& src, const AutoGptqConfig&
             all_mid = all_mid && z == mid;
         }
     const bool symmetric = cfg.sym && all_mid;
-    const QuantSpec spec = foreign_spec(b, cfg.group_size, symmetric, src.where(qw));
-    AnyQuantTensor::check_shape(spec, N, K, src.resolve(qw));
+    spec.symmetric = symmetric;
     if (!seen) seen = spec;
 
     AnyQuantTensor weight(spec, N, K);
@@ -502,7 +503,7 @@ inline void write_gptq_layer(SafetensorsWriter& w, const std::string& name, cons
     const auto& order = layer.input_order();
 
     std::vector<std::int32_t> g_idx(K);
-    for (std::size_t j = 0; j < K; ++j) g_idx[order.empty() ? j : static_cast<std::size_t>(order[j])] = static_cast<std::int32_t>(j / G);
+    for (std::size_t j = 0; j < K; ++j) g_idx[j] = static_cast<std::int32_t>(j / G);
 
     std::vector<std::uint32_t> qweight(K * ub / 32 * N, 0);
     std::vector<std::uint8_t> codes(K);

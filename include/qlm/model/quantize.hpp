@@ -43,6 +43,7 @@ struct QuantizeOptions {
     std::size_t gptq_block_size = 128;
     bool awq_clip = true;
     std::size_t awq_grid = 20;
+    bool quantize_head = false;     // tied embedding / output head at 8 bits per channel (weight-only)
     std::size_t batch_samples = 8;  // calibration samples per forward pass
     std::function<void(const QuantizeProgress&)> on_progress;
     std::function<void(const std::string&)> warn;  // GPTQ damping fallbacks etc.; empty: stderr
@@ -189,6 +190,17 @@ private:
 
 }  // namespace detail
 
+namespace detail {
+inline void finish_head(ThreadPool& pool, GPT2Model<AnyLinear>& model, const QuantizeOptions& options, QuantizationInfo& info) {
+    if (!options.quantize_head || model.untied_head()) {
+        info.details["head"] = "fp32";
+        return;
+    }
+    model.set_tied_head(QuantLinear(quantize_rtn(model.wte().view(), int8_weight_spec(), pool, options.rtn), Tensor<float>()));
+    info.details["head"] = to_string(int8_weight_spec());
+}
+}  // namespace detail
+
 struct QuantizeResult {
     GPT2Model<AnyLinear> model;
     QuantizationInfo info;
@@ -240,6 +252,7 @@ inline QuantizeResult quantize_gpt2(ThreadPool& pool, GPT2FloatWeights weights, 
             report(i, "quantized");
         }
         if (method == "rtn") info.details = {{"mse_clip", options.rtn.mse_clip}};
+        detail::finish_head(pool, model, options, info);
         return {std::move(model), info, std::chrono::duration<double>(clock::now() - t0).count()};
     }
 
@@ -387,6 +400,7 @@ inline QuantizeResult quantize_gpt2(ThreadPool& pool, GPT2FloatWeights weights, 
         runner.run(i, nullptr, true);  // the next block's inputs come from this quantized block
         report(i, "quantized");
     }
+    detail::finish_head(pool, model, options, info);
     return {std::move(model), info, std::chrono::duration<double>(clock::now() - t0).count()};
 }
 

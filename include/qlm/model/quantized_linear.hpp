@@ -70,6 +70,9 @@ public:
         cpu::linear(pool, gathered.data(), m, weight_.ref(), bias, y);
     }
 
+    // Row r of the weight in stored column order (the tied head has no input order).
+    void dequantize_row(std::size_t r, std::span<float> out) const { weight_.dequantize_row(r, out); }
+
     // The float weight [out, in] in input-feature order (for tests and re-export).
     Tensor<float> dequantize() const {
         Tensor<float> stored = weight_.dequantize();
@@ -109,6 +112,8 @@ public:
     float static_scale() const noexcept { return static_scale_; }
     bool is_static() const noexcept { return static_scale_ > 0.0f; }
 
+    void dequantize_row(std::size_t r, std::span<float> out) const { weight_.dequantize_row(r, out); }
+
     void forward(ThreadPool& pool, const float* x, std::size_t m, float* y) const {
         cpu::linear_w8a8(pool, x, m, weight_.ref(), bias_.numel() ? bias_.data() : nullptr, y, static_scale_);
     }
@@ -143,6 +148,17 @@ public:
     }
     void forward(ThreadPool& pool, const float* x, std::size_t m, float* y) const {
         std::visit([&](const auto& l) { l.forward(pool, x, m, y); }, layer_);
+    }
+
+    void dequantize_row(std::size_t r, std::span<float> out) const {
+        std::visit(
+            [&](const auto& l) {
+                if constexpr (std::is_same_v<std::decay_t<decltype(l)>, DenseLinear>)
+                    std::copy_n(l.weight().row(r), out.size(), out.begin());
+                else
+                    l.dequantize_row(r, out);
+            },
+            layer_);
     }
 
     template <class L>

@@ -44,7 +44,9 @@ struct ClipSearch {
 };
 
 struct RtnOptions {
-    bool mse_clip = false;  // search a shrunk range per group (slower: ~max_shrink*grid passes)
+    // Search a shrunk range per group: ~max_shrink*grid extra passes over W, each with a pow()
+    // per weight unless norm == 2 (about 7 s for a 3072x768 matrix on 2 busy cores).
+    bool mse_clip = false;
     ClipSearch clip{};
 };
 

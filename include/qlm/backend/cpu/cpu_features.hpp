@@ -20,6 +20,10 @@
 
 namespace qlm::cpu {
 
+// Below this many multiply-adds a kernel runs on the calling thread: waking the pool's workers
+// costs tens of microseconds on a quiet machine and milliseconds on a busy one.
+inline constexpr std::size_t kParallelMinMacs = std::size_t{1} << 18;
+
 enum class Isa {
     automatic,  // the best path this CPU supports
     scalar,     // the plain C++ reference kernels

@@ -64,7 +64,7 @@ void gemm_blocked(ThreadPool& pool, TileFn tile, const float* x, std::size_t m, 
     }
     const std::size_t m_blocks = (m + mb - 1) / mb;
     const std::size_t items = n_blocks * m_blocks;
-    pool.parallel_for(items, 1, [&](std::size_t it0, std::size_t it1) {
+    auto body = [&](std::size_t it0, std::size_t it1) {
         std::vector<float> scratch;
         for (std::size_t it = it0; it < it1; ++it) {
             const std::size_t jb = (it / m_blocks) * nb, je = std::min(n, jb + nb);
@@ -96,7 +96,9 @@ void gemm_blocked(ThreadPool& pool, TileFn tile, const float* x, std::size_t m, 
                 for (std::size_t i = ib; i < ie; ++i)
                     for (std::size_t j = jb; j < je; ++j) y[i * n + j] += bias[j];
         }
-    });
+    };
+    if (m * n * k < kParallelMinMacs) body(0, items);
+    else pool.parallel_for(items, 1, body);
 }
 
 // GEMV driver: rows of w in groups of NR (tail rows duplicated), whole k in one pass.
@@ -114,7 +116,7 @@ void gemv_rows(ThreadPool& pool, TileFn tile, const float* x, std::size_t k, con
             for (std::size_t c = 0; c < cols; ++c) y[j + c] = out[c] + (bias ? bias[j + c] : 0.0f);
         }
     };
-    if (n * k < (1u << 16)) body(0, n);  // too small to be worth waking the workers
+    if (n * k < kParallelMinMacs) body(0, n);  // too small to be worth waking the workers
     else pool.parallel_for(n, 4 * NR, body);
 }
 

@@ -455,7 +455,7 @@ inline void gemm_quant(ThreadPool& pool, const float* x, std::size_t m, const Qu
         std::vector<float> xg;
         detail::group_sums(x, 1, w.k, w.group_size, xg);
         auto body = [&](std::size_t j0, std::size_t j1) { kern.gemv(w, x, xg.data(), bias, y, j0, j1); };
-        if (w.n * w.k < (1u << 16)) body(0, w.n);
+        if (w.n * w.k < kParallelMinMacs) body(0, w.n);
         else pool.parallel_for(w.n, 16, body);
         return;
     }

@@ -255,7 +255,7 @@ void w8a8_driver(ThreadPool& pool, TileI8Fn tile, W8A8StepFn step, W8A8FinishFn 
         }
     };
     const std::size_t items = n_blocks * m_blocks;
-    if (m * n * k < (1u << 16)) body(0, items);
+    if (m * n * k < kParallelMinMacs) body(0, items);
     else pool.parallel_for(items, 1, body);
 }
 
