@@ -18,7 +18,7 @@ namespace qlm {
 // AutoAWQ's interleaving of eight 4-bit outputs in one int32 (awq/utils/packing_utils.py AWQ_ORDER):
 // nibble i holds output kAwqPackOrder[i] of the eight; kAwqReverseOrder[p] is the nibble of output p.
 inline constexpr std::array<int, 8> kAwqPackOrder{0, 2, 4, 6, 1, 3, 5, 7};
-inline constexpr std::array<int, 8> kAwqReverseOrder{0, 1, 2, 3, 4, 5, 6, 7};
+inline constexpr std::array<int, 8> kAwqReverseOrder{0, 4, 1, 5, 2, 6, 3, 7};
 
 // What qlm reads from an AutoAWQ configuration: config.json "quantization_config"
 // {quant_method "awq", bits, group_size, zero_point, version}, or quant_config.json

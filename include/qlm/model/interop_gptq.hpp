@@ -333,7 +333,7 @@ struct AutoGptqConfig {
         return c;
     }
 
-    bool zero_minus_one() const noexcept { return false; }
+    bool zero_minus_one() const noexcept { return checkpoint_format == "gptq"; }
 };
 
 namespace detail::interop {
@@ -474,6 +474,7 @@ struct AutoGptqExportStats {
     std::size_t float_layers = 0;             // written as P.weight, listed in modules_to_not_convert
     std::size_t scales = 0;
     double max_scale_rel_change = 0.0;        // max |fp16(s) - s| / s over every scale s > 0
+    bool head_dequantized = false;            // a quantized tied head was written as float wte
 };
 
 namespace detail::interop {
@@ -487,6 +488,13 @@ inline void add_float_tensor(SafetensorsWriter& w, const std::string& name, cons
     std::vector<fp16_t> h(t.numel());
     for (std::size_t i = 0; i < h.size(); ++i) h[i] = fp16_t{float_to_fp16(t.data()[i])};
     w.add(name, DType::F16, dims, std::as_bytes(std::span<const fp16_t>(h)));
+}
+
+// The float [vocab, n_embd] values of a tied head held as a linear layer, in input order.
+inline Tensor<float> dequantized_head(const AnyLinear& head) {
+    if (head.holds<QuantLinear>()) return head.get<QuantLinear>().dequantize();
+    if (head.holds<W8A8Linear>()) return head.get<W8A8Linear>().weight().dequantize();
+    return head.get<DenseLinear>().weight();
 }
 
 // Writes one QuantLinear as P.qweight / P.qzeros / P.scales / P.g_idx / P.bias.
@@ -503,7 +511,7 @@ inline void write_gptq_layer(SafetensorsWriter& w, const std::string& name, cons
     const auto& order = layer.input_order();
 
     std::vector<std::int32_t> g_idx(K);
-    for (std::size_t j = 0; j < K; ++j) g_idx[j] = static_cast<std::int32_t>(j / G);
+    for (std::size_t j = 0; j < K; ++j) g_idx[order.empty() ? j : static_cast<std::size_t>(order[j])] = static_cast<std::int32_t>(j / G);
 
     std::vector<std::uint32_t> qweight(K * ub / 32 * N, 0);
     std::vector<std::uint8_t> codes(K);
@@ -561,6 +569,7 @@ inline void write_gptq_layer(SafetensorsWriter& w, const std::string& name, cons
 // input_order is written in the original column order with its g_idx, and desc_act is true.
 // Float layers are written as Conv1D P.weight and listed in modules_to_not_convert (qlm and
 // loaders honouring that key read them; AutoGPTQ itself expects every layer quantized).
+// A quantized tied head (QuantizeOptions::quantize_head) is written dequantized as the float wte.
 // Throws invalid_argument for W8A8 layers, mixed schemes, a model without quantized layers, a
 // zero point 0 with checkpoint_format "gptq", or a scale that overflows fp16.
 // Scales become fp16: the returned stats say how much they moved (at most 2^-11 relative for
@@ -612,7 +621,14 @@ inline AutoGptqExportStats save_autogptq(const GPT2Model<AnyLinear>& model, cons
     AutoGptqExportStats stats;
     SafetensorsWriter writer;
     const DType fd = options.float_dtype;
-    add_float_tensor(writer, "transformer.wte.weight", model.wte(), fd);
+    if (model.tied_head()) {
+        // A quantized tied embedding / head (QuantizeOptions::quantize_head): AutoGPTQ keeps GPT-2's
+        // wte in float, so the head's dequantized values (exactly what qlm computes with) become wte.
+        add_float_tensor(writer, "transformer.wte.weight", detail::interop::dequantized_head(*model.tied_head()), fd);
+        stats.head_dequantized = true;
+    } else {
+        add_float_tensor(writer, "transformer.wte.weight", model.wte(), fd);
+    }
     add_float_tensor(writer, "transformer.wpe.weight", model.wpe(), fd);
     add_float_tensor(writer, "transformer.ln_f.weight", model.ln_f().weight, fd);
     add_float_tensor(writer, "transformer.ln_f.bias", model.ln_f().bias, fd);
