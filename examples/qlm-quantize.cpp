@@ -29,6 +29,8 @@ const char* kUsage = R"(usage: qlm-quantize --model DIR --method METHOD --out DI
   --damp P               gptq: dampening fraction of mean(diag H) (default 0.01)
   --no-clip              awq: skip the weight clipping search
   --float-head           keep the tied embedding / output head in fp32 (default: 8-bit per channel)
+  --salient P            rtn: keep the top P fraction of activation-salient input channels at 8 bits
+                         (mixed precision, e.g. 0.01; uses calibration data)
   --threads N            default: all cores
   --verbose              print every tensor in the size report
 )";
@@ -65,6 +67,7 @@ int main(int argc, char** argv) try {
     options.gptq_percdamp = args.number<double>("damp", 0.01);
     options.awq_clip = !args.has("no-clip");
     options.quantize_head = !args.has("float-head");
+    options.salient_fraction = args.number<double>("salient", 0.0);
     auto calibration_files = args.all("calibration");
     qlm::calibration::Options cal_options;
     cal_options.samples = args.number<std::size_t>("samples", 128);
@@ -82,7 +85,7 @@ int main(int argc, char** argv) try {
                  cfg.n_embd, out.c_str(), options.method.c_str(), pool.size());
 
     qlm::calibration::CalibrationSet calibration;
-    if (qlm::method_needs_calibration(options.method)) {
+    if (qlm::needs_calibration(options)) {
         if (calibration_files.empty()) calibration_files.push_back((model_dir / "calibration.txt").string());
         const auto tokenizer = qlm::GPT2Tokenizer::from_directory(model_dir);
         cal_options.sample_tokens = std::min(cal_options.sample_tokens, cfg.n_positions);

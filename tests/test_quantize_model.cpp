@@ -249,3 +249,54 @@ TEST_CASE("perplexity is the same number whatever the thread count") {
     CHECK(values[0] == values[2]);
     CHECK(values[0] > 1.0);
 }
+
+TEST_CASE("mixed precision: salient input channels at 8 bits, the rest at 4") {
+    qlm::ThreadPool pool(2);
+    const auto cfg = small_config();
+    const auto weights = qlm::random_gpt2_weights(cfg, 11);
+    const auto stream = token_stream(2000, cfg.vocab_size);
+    qlm::calibration::Options co;
+    co.samples = 6;
+    co.sample_tokens = 64;
+    const auto calibration = qlm::calibration::from_tokens(stream, co);
+    qlm::QuantizeOptions options;
+    options.weights = {4, qlm::GranularityKind::per_group, 64, true};
+    options.salient_fraction = 0.05;
+    const auto mixed = qlm::quantize_gpt2(pool, weights, options, &calibration);
+    const auto& layer = mixed.model.blocks()[1].c_fc.get<qlm::MixedLinear>();
+    CHECK(layer.salient_columns().size() == 7);  // ceil(0.05 · 128)
+    CHECK(layer.salient().bits() == 8);
+
+    // forward() equals x · Ŵᵀ with Ŵ = the base layer's weights plus the salient part.
+    const std::size_t k = layer.in_features(), n = layer.out_features();
+    std::vector<float> x(2 * k), y(2 * n), row(k);
+    for (std::size_t i = 0; i < x.size(); ++i) x[i] = std::cos(0.11f * static_cast<float>(i)) - 0.2f;
+    layer.forward(pool, x.data(), 2, y.data());
+    std::vector<float> expected(y.size());
+    for (std::size_t o = 0; o < n; ++o) {
+        layer.dequantize_row(o, row);
+        for (std::size_t r = 0; r < 2; ++r) {
+            double acc = layer.bias().data()[o];
+            for (std::size_t j = 0; j < k; ++j) acc += static_cast<double>(x[r * k + j]) * row[j];
+            expected[r * n + o] = static_cast<float>(acc);
+        }
+    }
+    CHECK(relative_error(y, expected) < 1e-5);
+
+    // Closer to the float model than plain 4-bit RTN, and a bit-exact checkpoint round trip.
+    const auto prompt = std::span<const std::int32_t>(stream).subspan(50, 40);
+    const auto reference = last_logits(pool, qlm::to_any_linear(weights), prompt);
+    options.salient_fraction = 0.0;
+    const auto plain = qlm::quantize_gpt2(pool, weights, options);
+    const auto mixed_logits = last_logits(pool, mixed.model, prompt);
+    CHECK(relative_error(mixed_logits, reference) < relative_error(last_logits(pool, plain.model, prompt), reference));
+    const fs::path dir = temp_dir("ckpt_mixed");
+    qlm::save_checkpoint(mixed.model, mixed.info, dir);
+    CHECK(last_logits(pool, qlm::load_checkpoint(dir).model, prompt) == mixed_logits);
+    CHECK(qlm::size_report(mixed.model).linear_bytes > qlm::size_report(plain.model).linear_bytes);
+    fs::remove_all(dir);
+
+    options.method = "gptq";
+    options.salient_fraction = 0.05;
+    CHECK_THROWS_AS(qlm::quantize_gpt2(pool, weights, options, &calibration), qlm::invalid_argument);
+}

@@ -70,7 +70,11 @@ SizeReport size_report(const GPT2Model<Linear>& model) {
                     [&](const auto& l) {
                         bias_bytes = l.bias().bytes();
                         using L = std::decay_t<decltype(l)>;
-                        if constexpr (!std::is_same_v<L, DenseLinear>) kind = to_string(l.weight().spec());
+                        if constexpr (std::is_same_v<L, MixedLinear>)
+                            kind = to_string(l.base().weight().spec()) + " + " + std::to_string(l.salient_columns().size()) +
+                                   " salient ch. " + to_string(l.salient().spec());
+                        else if constexpr (!std::is_same_v<L, DenseLinear>)
+                            kind = to_string(l.weight().spec());
                         if constexpr (std::is_same_v<L, W8A8Linear>) kind += l.is_static() ? " a8-static" : " a8-dynamic";
                     },
                     layer.variant());

@@ -127,6 +127,17 @@ inline void save_checkpoint(const GPT2Model<AnyLinear>& model, const Quantizatio
                 if (!q.input_order().empty())
                     writer.add(name + ".input_order", DType::I32, {q.input_order().size()}, std::as_bytes(std::span(q.input_order())));
                 writer.set_metadata("qlm.kind." + name, "weight-only");
+            } else if (layer.holds<MixedLinear>()) {
+                const auto& q = layer.get<MixedLinear>();
+                add_quant(q.base().weight(), q.bias());
+                const AnyQuantTensor& s = q.salient();
+                writer.add(name + ".salient.qweight", DType::U8, {s.rows(), s.row_bytes()}, std::as_bytes(s.packed()));
+                writer.add(name + ".salient.scales", DType::F32, {s.rows(), s.groups()}, std::as_bytes(s.scales()));
+                if (!s.symmetric()) writer.add(name + ".salient.qzeros", DType::U8, {s.rows(), s.groups()}, std::as_bytes(s.zeros()));
+                writer.add(name + ".salient_columns", DType::I32, {q.salient_columns().size()},
+                           std::as_bytes(std::span(q.salient_columns())));
+                writer.set_metadata("qlm.scheme." + name + ".salient", to_string(s.spec()));
+                writer.set_metadata("qlm.kind." + name, "mixed");
             } else {
                 const auto& q = layer.get<W8A8Linear>();
                 add_quant(q.weight(), q.bias());
@@ -222,14 +233,32 @@ inline LoadedModel load_checkpoint(const std::filesystem::path& dir) {
         } catch (const invalid_argument& e) {
             throw format_error("qlm: " + f.path() + ": layer '" + name + "': " + e.what());
         }
-        const std::size_t row_bytes = detail::packed_row_bytes(spec.bits, in);
-        const std::size_t groups = spec.granularity == GranularityKind::per_group ? in / spec.group_size : 1;
-        Tensor<std::uint8_t> packed = load_u8(name + ".qweight", out, row_bytes);
-        Tensor<float> scales = ckpt.load_float(name + ".scales", Shape{out, groups});
-        Tensor<std::uint8_t> zeros;
-        if (!spec.symmetric) zeros = load_u8(name + ".qzeros", out, groups);
-        AnyQuantTensor weight = AnyQuantTensor::from_parts(spec, out, in, std::move(packed), std::move(scales), std::move(zeros), name);
+        auto load_quant = [&](const std::string& prefix, const QuantSpec& qs, std::size_t cols) {
+            AnyQuantTensor::check_shape(qs, out, cols, prefix);
+            const std::size_t row_bytes = detail::packed_row_bytes(qs.bits, cols);
+            const std::size_t groups = qs.granularity == GranularityKind::per_group ? cols / qs.group_size : 1;
+            Tensor<std::uint8_t> packed = load_u8(prefix + ".qweight", out, row_bytes);
+            Tensor<float> scales = ckpt.load_float(prefix + ".scales", Shape{out, groups});
+            Tensor<std::uint8_t> zeros;
+            if (!qs.symmetric) zeros = load_u8(prefix + ".qzeros", out, groups);
+            return AnyQuantTensor::from_parts(qs, out, cols, std::move(packed), std::move(scales), std::move(zeros), prefix);
+        };
+        AnyQuantTensor weight = load_quant(name, spec, in);
         const std::string& kind = kind_it->second;
+        if (kind == "mixed") {
+            const auto salient_it = meta.find("qlm.scheme." + name + ".salient");
+            if (salient_it == meta.end()) throw format_error("qlm: " + f.path() + ": mixed layer '" + name + "' has no salient scheme");
+            QuantSpec salient_spec;
+            try {
+                salient_spec = parse_quant_spec(salient_it->second);
+            } catch (const invalid_argument& e) {
+                throw format_error("qlm: " + f.path() + ": layer '" + name + "': " + e.what());
+            }
+            const auto cols_view = ckpt.file_of(name + ".salient_columns").view<std::int32_t>(ckpt.resolve(name + ".salient_columns"));
+            std::vector<std::int32_t> columns(cols_view.data(), cols_view.data() + cols_view.numel());
+            AnyQuantTensor salient = load_quant(name + ".salient", salient_spec, columns.size());
+            return MixedLinear(QuantLinear(std::move(weight), bias), std::move(salient), std::move(columns));
+        }
         if (kind == "weight-only") {
             std::vector<std::int32_t> order;
             if (ckpt.contains(name + ".input_order")) {

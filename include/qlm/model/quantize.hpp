@@ -44,6 +44,8 @@ struct QuantizeOptions {
     bool awq_clip = true;
     std::size_t awq_grid = 20;
     bool quantize_head = false;     // tied embedding / output head at 8 bits per channel (weight-only)
+    double salient_fraction = 0.0;  // rtn: keep this fraction of the most activation-salient input
+                                    // channels at 8 bits (mixed precision; needs calibration)
     std::size_t batch_samples = 8;  // calibration samples per forward pass
     std::function<void(const QuantizeProgress&)> on_progress;
     std::function<void(const std::string&)> warn;  // GPTQ damping fallbacks etc.; empty: stderr
@@ -56,6 +58,10 @@ inline const std::vector<std::string>& quantize_methods() {
 
 inline bool method_needs_calibration(const std::string& method) {
     return method == "int8-static" || method == "gptq" || method == "awq";
+}
+
+inline bool needs_calibration(const QuantizeOptions& options) {
+    return method_needs_calibration(options.method) || (options.method == "rtn" && options.salient_fraction > 0.0);
 }
 
 namespace detail {
@@ -216,8 +222,11 @@ inline QuantizeResult quantize_gpt2(ThreadPool& pool, GPT2FloatWeights weights, 
     const std::string& method = options.method;
     if (std::find(quantize_methods().begin(), quantize_methods().end(), method) == quantize_methods().end())
         throw invalid_argument("qlm: unknown quantization method '" + method + "' (rtn, int8-dynamic, int8-static, gptq, awq)");
-    if (method_needs_calibration(method) && (calibration == nullptr || calibration->samples.empty()))
-        throw invalid_argument("qlm: method '" + method + "' needs calibration data");
+    if (needs_calibration(options) && (calibration == nullptr || calibration->samples.empty()))
+        throw invalid_argument("qlm: method '" + method + "'" + (options.salient_fraction > 0 ? " with salient channels" : "") +
+                               " needs calibration data");
+    if (options.salient_fraction < 0.0 || options.salient_fraction >= 1.0 || (options.salient_fraction > 0.0 && method != "rtn"))
+        throw invalid_argument("qlm: salient_fraction must be in [0, 1) and is supported with rtn only");
     const bool int8 = method == "int8-dynamic" || method == "int8-static";
     const QuantSpec spec = int8 ? detail::int8_weight_spec() : options.weights;
     spec.validate();
@@ -239,7 +248,7 @@ inline QuantizeResult quantize_gpt2(ThreadPool& pool, GPT2FloatWeights weights, 
         return QuantLinear(quantize_rtn(d.weight().view(), spec, pool, options.rtn), d.bias());
     };
 
-    if (!method_needs_calibration(method)) {
+    if (!needs_calibration(options)) {
         for (std::size_t i = 0; i < blocks.size(); ++i) {
             for (const LinearSlot slot : kLinearSlots) {
                 AnyLinear& layer = linear_of(blocks[i], slot);
@@ -336,6 +345,34 @@ inline QuantizeResult quantize_gpt2(ThreadPool& pool, GPT2FloatWeights weights, 
             info.details["percdamp"] = options.gptq_percdamp;
             info.details["act_order"] = options.gptq_act_order;
             info.details["block_size"] = options.gptq_block_size;
+        } else if (method == "rtn") {  // mixed precision: salient input channels at 8 bits
+            std::vector<std::vector<double>> abs_sum;
+            for (const std::size_t k : slot_inputs) abs_sum.emplace_back(k, 0.0);
+            runner.run(i, [&](std::size_t, LinearSlot slot, const float* x, std::size_t rows) {
+                auto& acc = abs_sum[detail::slot_index(slot)];
+                for (std::size_t r = 0; r < rows; ++r)
+                    for (std::size_t j = 0; j < acc.size(); ++j) acc[j] += std::fabs(x[r * acc.size() + j]);
+            }, false);
+            for (const LinearSlot slot : kLinearSlots) {
+                AnyLinear& layer = linear_of(block, slot);
+                const DenseLinear& d = detail::dense(layer, hf_name(slot));
+                const auto& acc = abs_sum[detail::slot_index(slot)];
+                Tensor<float> mean_abs(Shape{acc.size()});
+                for (std::size_t j = 0; j < acc.size(); ++j) mean_abs.data()[j] = static_cast<float>(acc[j]);
+                const auto salient = awq::salient_channels(mean_abs, options.salient_fraction);
+                const std::size_t n = d.out_features(), k = d.in_features();
+                Tensor<float> base = d.weight(), part(Shape{n, salient.size()});
+                for (std::size_t r = 0; r < n; ++r)
+                    for (std::size_t j = 0; j < salient.size(); ++j) {
+                        part.data()[r * salient.size() + j] = base.data()[r * k + salient[j]];
+                        base.data()[r * k + salient[j]] = 0.0f;
+                    }
+                std::vector<std::int32_t> columns(salient.begin(), salient.end());
+                layer = MixedLinear(QuantLinear(quantize_rtn(base.view(), spec, pool, options.rtn), d.bias()),
+                                    quantize_rtn(part.view(), detail::int8_weight_spec(), pool, options.rtn), std::move(columns));
+            }
+            info.details["salient_fraction"] = options.salient_fraction;
+            info.details["salient_bits"] = 8;
         } else {  // awq
             std::vector<detail::RowSampler> inputs;
             const std::size_t rows = runner.total_rows();

@@ -124,13 +124,68 @@ private:
     float static_scale_ = 0.0f;
 };
 
+// Mixed precision (the seed's idea, kept as a measured comparison): the most activation-salient
+// input channels at 8 bits per output channel, the rest in the low-bit base layer, whose columns
+// for those channels are zero. y = base(x) + salient · x[:, salient_columns].
+class MixedLinear {
+public:
+    MixedLinear() = default;
+    MixedLinear(QuantLinear base, AnyQuantTensor salient, std::vector<std::int32_t> salient_columns)
+        : base_(std::move(base)), salient_(std::move(salient)), columns_(std::move(salient_columns)) {
+        if (!base_.input_order().empty()) throw invalid_argument("qlm::MixedLinear: the base layer must keep the input order");
+        if (salient_.rows() != base_.out_features() || salient_.cols() != columns_.size() || columns_.empty())
+            throw shape_error("qlm::MixedLinear: salient part [" + std::to_string(salient_.rows()) + ", " +
+                              std::to_string(salient_.cols()) + "] does not fit " + std::to_string(base_.out_features()) +
+                              " outputs and " + std::to_string(columns_.size()) + " salient columns");
+        std::vector<bool> seen(base_.in_features());
+        for (const auto c : columns_) {
+            if (c < 0 || static_cast<std::size_t>(c) >= seen.size() || seen[static_cast<std::size_t>(c)])
+                throw format_error("qlm::MixedLinear: salient columns must be distinct input channels");
+            seen[static_cast<std::size_t>(c)] = true;
+        }
+    }
+
+    std::size_t in_features() const noexcept { return base_.in_features(); }
+    std::size_t out_features() const noexcept { return base_.out_features(); }
+    std::size_t weight_bytes() const noexcept {
+        return base_.weight_bytes() + salient_.storage_bytes() + columns_.size() * sizeof(std::int32_t);
+    }
+    const QuantLinear& base() const noexcept { return base_; }
+    const AnyQuantTensor& salient() const noexcept { return salient_; }
+    const std::vector<std::int32_t>& salient_columns() const noexcept { return columns_; }
+    const Tensor<float>& bias() const noexcept { return base_.bias(); }
+
+    void forward(ThreadPool& pool, const float* x, std::size_t m, float* y) const {
+        base_.forward(pool, x, m, y);
+        const std::size_t k = in_features(), ks = columns_.size(), n = out_features();
+        std::vector<float> gathered(m * ks), extra(m * n);
+        for (std::size_t r = 0; r < m; ++r)
+            for (std::size_t j = 0; j < ks; ++j) gathered[r * ks + j] = x[r * k + static_cast<std::size_t>(columns_[j])];
+        cpu::linear(pool, gathered.data(), m, salient_.ref(), nullptr, extra.data());
+        for (std::size_t i = 0; i < m * n; ++i) y[i] += extra[i];
+    }
+
+    void dequantize_row(std::size_t r, std::span<float> out) const {
+        base_.dequantize_row(r, out);
+        std::vector<float> row(columns_.size());
+        salient_.dequantize_row(r, row);
+        for (std::size_t j = 0; j < columns_.size(); ++j) out[static_cast<std::size_t>(columns_[j])] += row[j];
+    }
+
+private:
+    QuantLinear base_;
+    AnyQuantTensor salient_;
+    std::vector<std::int32_t> columns_;
+};
+
 static_assert(LinearLayer<QuantLinear>);
 static_assert(LinearLayer<W8A8Linear>);
+static_assert(LinearLayer<MixedLinear>);
 
 // One of the linear kinds, chosen at run time; forward() dispatches once per layer call.
 class AnyLinear {
 public:
-    using variant_type = std::variant<DenseLinear, QuantLinear, W8A8Linear>;
+    using variant_type = std::variant<DenseLinear, QuantLinear, W8A8Linear, MixedLinear>;
 
     AnyLinear() = default;
     template <class L>
