@@ -6,7 +6,7 @@
 #include <qlm/eval/perplexity.hpp>
 #include <qlm/eval/size_report.hpp>
 #include <qlm/eval/speed.hpp>
-#include <qlm/model/checkpoint.hpp>
+#include <qlm/model/interop.hpp>
 #include <qlm/quant/calibration.hpp>
 #include <qlm/tokenizer/gpt2_tokenizer.hpp>
 
@@ -21,7 +21,7 @@
 namespace {
 
 const char* kUsage = R"(usage: qlm-eval --model DIR [--model DIR ...] [options]
-  --model DIR          a float HF GPT-2 or a qlm checkpoint (repeatable; default: the bundled model)
+  --model DIR          a float HF GPT-2, qlm, AutoGPTQ or AutoAWQ checkpoint (repeatable; default: the bundled model)
   --name NAME          display name of the corresponding --model (repeatable, in order)
   --text FILE          evaluation text (default: the first model's heldout.txt)
   --max-length N       perplexity window (default: the model's context)
@@ -69,7 +69,7 @@ int main(int argc, char** argv) try {
 
     std::vector<Row> rows;
     for (std::size_t i = 0; i < models.size(); ++i) {
-        const auto loaded = qlm::load_checkpoint(models[i]);
+        const auto loaded = qlm::load_any_checkpoint(models[i]);
         const auto& model = loaded.model;
         Row row;
         row.path = models[i];

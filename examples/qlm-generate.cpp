@@ -2,7 +2,7 @@
 #include "cli.hpp"
 
 #include <qlm/engine/generate.hpp>
-#include <qlm/model/checkpoint.hpp>
+#include <qlm/model/interop.hpp>
 #include <qlm/tokenizer/gpt2_tokenizer.hpp>
 
 #include <chrono>
@@ -13,7 +13,7 @@
 namespace {
 
 const char* kUsage = R"(usage: qlm-generate [options]
-  --model DIR         Hugging Face GPT-2 directory or qlm checkpoint (config.json, model.safetensors, tokenizer files)
+  --model DIR         Hugging Face GPT-2, qlm, AutoGPTQ or AutoAWQ checkpoint (config.json, model.safetensors, tokenizer files)
                       default: the bundled model, )" QLM_SOURCE_DIR R"(/models/gpt2-tiny-kjv
   --prompt TEXT       default "Once upon a time"
   --max-tokens N      tokens to generate (default 64)
@@ -53,7 +53,7 @@ int main(int argc, char** argv) try {
     args.reject_unknown();
 
     const auto t0 = std::chrono::steady_clock::now();
-    const auto loaded = qlm::load_checkpoint(model_dir);
+    const auto loaded = qlm::load_any_checkpoint(model_dir);
     const auto& model = loaded.model;
     const auto tokenizer = qlm::GPT2Tokenizer::from_directory(model_dir);
     const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

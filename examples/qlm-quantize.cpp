@@ -3,6 +3,7 @@
 #include "cli.hpp"
 
 #include <qlm/eval/size_report.hpp>
+#include <qlm/model/interop.hpp>
 #include <qlm/model/quantize.hpp>
 #include <qlm/tokenizer/gpt2_tokenizer.hpp>
 
@@ -31,6 +32,7 @@ const char* kUsage = R"(usage: qlm-quantize --model DIR --method METHOD --out DI
   --float-head           keep the tied embedding / output head in fp32 (default: 8-bit per channel)
   --salient P            rtn: keep the top P fraction of activation-salient input channels at 8 bits
                          (mixed precision, e.g. 0.01; uses calibration data)
+  --export-autogptq DIR  also write the result in AutoGPTQ's format (weight-only methods)
   --threads N            default: all cores
   --verbose              print every tensor in the size report
 )";
@@ -73,6 +75,7 @@ int main(int argc, char** argv) try {
     cal_options.samples = args.number<std::size_t>("samples", 128);
     cal_options.sample_tokens = args.number<std::size_t>("sample-tokens", 512);
     cal_options.seed = args.number<std::uint64_t>("seed", 0);
+    const std::string autogptq_dir = args.get("export-autogptq", "");
     const std::size_t threads = args.number<std::size_t>("threads", 0);
     const bool verbose = args.has("verbose");
     args.reject_unknown();
@@ -97,6 +100,11 @@ int main(int argc, char** argv) try {
     options.on_progress = progress_bar;
     const auto result = qlm::quantize_gpt2(pool, std::move(weights), options, &calibration);
     qlm::save_checkpoint(result.model, result.info, out, model_dir);
+    if (!autogptq_dir.empty()) {
+        const auto stats = qlm::save_autogptq(result.model, result.info, autogptq_dir, model_dir);
+        std::fprintf(stderr, "  AutoGPTQ export: %s (%zu quantized layers, fp16 scales: max relative change %.2e)\n",
+                     autogptq_dir.c_str(), stats.quantized_layers, stats.max_scale_rel_change);
+    }
 
     const auto report = qlm::size_report(result.model);
     if (verbose) {

@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <qlm/engine/generate.hpp>
+#include <qlm/eval/perplexity.hpp>
 #include <qlm/io/safetensors.hpp>
 #include <qlm/kv/contiguous_cache.hpp>
 #include <qlm/model/load_gpt2.hpp>
@@ -11,6 +12,8 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -270,4 +273,25 @@ TEST_CASE("greedy generation is deterministic and identical with and without the
     CHECK(stopped.finish_reason == qlm::FinishReason::stop);  // " the" is the commonest KJV bigram start
     CHECK(stopped.text.find(" the") == std::string::npos);
     CHECK(stopped.tokens.size() < options.sampling.max_tokens);
+}
+
+TEST_CASE("held-out perplexity matches the PyTorch reference (sliding window, same stride)") {
+    std::ifstream in(kRoot / "tests/data/reference_perplexity.json");
+    REQUIRE(in);
+    const auto ref = nlohmann::json::parse(in);
+    const auto model = qlm::load_gpt2(kRoot / "models/gpt2-tiny-kjv");
+    const auto tokenizer = qlm::GPT2Tokenizer::from_directory(kRoot / "models/gpt2-tiny-kjv");
+    std::ifstream text_in(kRoot / "models/gpt2-tiny-kjv/heldout.txt", std::ios::binary);
+    const std::string text((std::istreambuf_iterator<char>(text_in)), std::istreambuf_iterator<char>());
+    const auto tokens = tokenizer.encode(text);
+    CHECK(tokens.size() == ref["tokens"].get<std::size_t>());
+    qlm::ThreadPool pool(2);
+    qlm::PerplexityOptions options;
+    options.max_length = ref["max_length"].get<std::size_t>();
+    options.stride = ref["stride"].get<std::size_t>();
+    const auto result = qlm::perplexity(pool, model, tokens, options);
+    CHECK(result.scored_tokens == ref["scored_tokens"].get<std::size_t>());
+    const double expected = ref["perplexity"].get<double>();
+    CHECK(std::abs(result.perplexity - expected) / expected < 1e-4);
+    CHECK(std::abs(result.nll_sum - ref["nll_sum"].get<double>()) / ref["nll_sum"].get<double>() < 1e-5);
 }

@@ -28,8 +28,11 @@ quantize() {  # name, qlm-quantize arguments...
 quantize w8a8-dynamic --method int8-dynamic
 quantize w8a8-static --method int8-static --smoothquant 0.5
 quantize rtn-w4-g128 --method rtn --bits 4 --group-size 128
-quantize gptq-w4-g128 --method gptq --bits 4 --group-size 128
+quantize gptq-w4-g128 --method gptq --bits 4 --group-size 128 --export-autogptq "$out/gptq-w4-g128-autogptq"
 quantize awq-w4-g128 --method awq --bits 4 --group-size 128
+names+=(gptq-w4-autogptq-format)  # the same model read back through the AutoGPTQ loader
+dirs+=("$out/gptq-w4-g128-autogptq")
+quantize rtn-w4-g128-salient1pct --method rtn --bits 4 --group-size 128 --salient 0.01
 quantize rtn-w3-g128 --method rtn --bits 3 --group-size 128
 quantize gptq-w3-g128 --method gptq --bits 3 --group-size 128
 

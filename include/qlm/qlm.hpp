@@ -6,9 +6,13 @@
 #include <qlm/core/thread_pool.hpp>
 #include <qlm/engine/generate.hpp>
 #include <qlm/eval/perplexity.hpp>
+#include <qlm/eval/size_report.hpp>
+#include <qlm/eval/speed.hpp>
 #include <qlm/io/safetensors.hpp>
 #include <qlm/kv/contiguous_cache.hpp>
 #include <qlm/model/gpt2.hpp>
+#include <qlm/model/interop.hpp>
+#include <qlm/model/quantize.hpp>
 #include <qlm/model/load_gpt2.hpp>
 #include <qlm/model/random_weights.hpp>
 #include <qlm/quant/packing.hpp>
