@@ -590,6 +590,13 @@ inline AutoGptqExportStats save_autogptq(const GPT2Model<AnyLinear>& model, cons
     std::optional<long long> group_size;
     bool sym = true, desc_act = false;
     nlohmann::json not_converted = nlohmann::json::array();
+    struct LayerGroups {
+        std::string name;
+        bool per_group;
+        long long columns_per_group;
+        std::string scheme;
+    };
+    std::vector<LayerGroups> layer_groups;
     for (std::size_t i = 0; i < model.blocks().size(); ++i)
         for (const LinearSlot slot : kLinearSlots) {
             const std::string name = detail::layer_prefix(i, slot);
@@ -601,17 +608,30 @@ inline AutoGptqExportStats save_autogptq(const GPT2Model<AnyLinear>& model, cons
                 not_converted.push_back("transformer." + name);
                 continue;
             }
+            if (!l.holds<QuantLinear>())
+                throw invalid_argument("qlm::save_autogptq: layer '" + name + "' is a mixed-precision layer, which AutoGPTQ "
+                                       "checkpoints cannot express");
             const AnyQuantTensor& w = l.get<QuantLinear>().weight();
-            const long long g = w.granularity() == GranularityKind::per_group ? static_cast<long long>(w.group_size()) : -1;
-            if ((bits && *bits != w.bits()) || (group_size && *group_size != g))
+            // A per-channel layer whose row is one group of G columns is the same as group_size G.
+            const bool per_group = w.granularity() == GranularityKind::per_group;
+            const long long columns_per_group = static_cast<long long>(per_group ? w.group_size() : w.cols());
+            if (bits && *bits != w.bits())
                 throw invalid_argument("qlm::save_autogptq: layer '" + name + "' is " + to_string(w.spec()) +
-                                       ", but earlier layers use " + std::to_string(*bits) + " bits, group_size " +
-                                       std::to_string(*group_size) + " (an AutoGPTQ checkpoint has one scheme)");
+                                       ", but earlier layers use " + std::to_string(*bits) +
+                                       " bits (an AutoGPTQ checkpoint has one scheme)");
             bits = w.bits();
-            group_size = g;
+            layer_groups.push_back({name, per_group, columns_per_group, to_string(w.spec())});
             sym = sym && w.symmetric();
             desc_act = desc_act || !l.get<QuantLinear>().input_order().empty();
         }
+    // group_size -1 when every layer is per channel; otherwise one G that every layer's groups match.
+    for (const auto& lg : layer_groups)
+        if (lg.per_group) group_size = lg.columns_per_group;
+    if (!group_size) group_size = -1;
+    for (const auto& lg : layer_groups)
+        if (*group_size != -1 && lg.columns_per_group != *group_size)
+            throw invalid_argument("qlm::save_autogptq: layer '" + lg.name + "' is " + lg.scheme + ", but other layers use " +
+                                   "group_size " + std::to_string(*group_size) + " (an AutoGPTQ checkpoint has one scheme)");
     if (!bits) throw invalid_argument("qlm::save_autogptq: the model has no quantized (weight-only) layers to export");
 
     std::error_code ec;
