@@ -275,7 +275,13 @@ TEST_CASE("greedy generation is deterministic and identical with and without the
     CHECK(stopped.tokens.size() < options.sampling.max_tokens);
 }
 
-TEST_CASE("held-out perplexity matches the PyTorch reference (sliding window, same stride)") {
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kSanitized = true;  // 315 windows of the full model: too slow under ASan; release runs it
+#else
+constexpr bool kSanitized = false;
+#endif
+
+TEST_CASE("held-out perplexity matches the PyTorch reference (sliding window, same stride)" * doctest::skip(kSanitized)) {
     std::ifstream in(kRoot / "tests/data/reference_perplexity.json");
     REQUIRE(in);
     const auto ref = nlohmann::json::parse(in);
