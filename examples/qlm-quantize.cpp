@@ -29,6 +29,7 @@ const char* kUsage = R"(usage: qlm-quantize --model DIR --method METHOD --out DI
   --act-order            gptq: quantize columns by descending Hessian diagonal
   --damp P               gptq: dampening fraction of mean(diag H) (default 0.01)
   --no-clip              awq: skip the weight clipping search
+  --no-act-scale         awq: leave mlp.c_proj unscaled (no division after GELU)
   --float-head           keep the tied embedding / output head in fp32 (default: 8-bit per channel)
   --salient P            rtn: keep the top P fraction of activation-salient input channels at 8 bits
                          (mixed precision, e.g. 0.01; uses calibration data)
@@ -48,7 +49,7 @@ void progress_bar(const qlm::QuantizeProgress& p) {
 }  // namespace
 
 int main(int argc, char** argv) try {
-    const qlm::cli::Args args(argc, argv, {"asym", "sym", "mse-clip", "act-order", "no-clip", "float-head", "verbose", "help"});
+    const qlm::cli::Args args(argc, argv, {"asym", "sym", "mse-clip", "act-order", "no-clip", "no-act-scale", "float-head", "verbose", "help"});
     if (args.has("help")) {
         std::fputs(kUsage, stdout);
         return 0;
@@ -68,6 +69,7 @@ int main(int argc, char** argv) try {
     options.gptq_act_order = args.has("act-order");
     options.gptq_percdamp = args.number<double>("damp", 0.01);
     options.awq_clip = !args.has("no-clip");
+    options.awq_scale_activation = !args.has("no-act-scale");
     options.quantize_head = !args.has("float-head");
     options.salient_fraction = args.number<double>("salient", 0.0);
     auto calibration_files = args.all("calibration");

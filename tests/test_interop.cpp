@@ -477,6 +477,38 @@ TEST_CASE("hand-made AutoAWQ GEMM checkpoints load to exactly (q - z) * s") {
     }
 }
 
+TEST_CASE("AutoAWQ's ScaledActivation: mlp.act.scales is read and applied after GELU") {
+    const auto inner = small_config().inner();
+    std::vector<float> s(inner);
+    for (std::size_t j = 0; j < inner; ++j) s[j] = fp16_round(0.5f + static_cast<float>(j % 13) / 8.0f);
+    auto add_scales = [&](std::vector<float> values) {
+        return [values](RawFile& f, nlohmann::json&) { f["transformer.h.1.mlp.act.scales"] = raw_f16({values.size()}, values); };
+    };
+    HandMade h;
+    h.kind = "awq";
+    h.seed = 41;
+    const auto dir = temp_dir("awq_act_scales");
+    build_checkpoint(h, dir, add_scales(s));
+    const auto loaded = qlm::load_any_checkpoint(dir);
+    CHECK(loaded.model.blocks()[0].mlp_act_scale.numel() == 0);
+    REQUIRE(loaded.model.blocks()[1].mlp_act_scale.numel() == inner);
+    for (std::size_t j = 0; j < inner; ++j) CHECK(loaded.model.blocks()[1].mlp_act_scale.data()[j] == s[j]);
+
+    // Applied: the same checkpoint without the scales gives other logits.
+    const auto plain_dir = temp_dir("awq_no_act_scales");
+    build_checkpoint(h, plain_dir);
+    qlm::ThreadPool pool(2);
+    CHECK(last_logits(pool, loaded.model) != last_logits(pool, qlm::load_any_checkpoint(plain_dir).model));
+
+    s[3] = -1.0f;
+    build_checkpoint(h, dir, add_scales(s));
+    CHECK_THROWS_AS(qlm::load_any_checkpoint(dir), qlm::invalid_argument);
+    build_checkpoint(h, dir, add_scales(std::vector<float>(inner / 2, 1.0f)));
+    CHECK_THROWS_AS(qlm::load_any_checkpoint(dir), qlm::shape_error);
+    fs::remove_all(dir);
+    fs::remove_all(plain_dir);
+}
+
 TEST_CASE("qlm -> save_autogptq -> load_autogptq keeps codes and zeros, scales to fp16") {
     qlm::ThreadPool pool(2);
     struct Case {
@@ -676,7 +708,7 @@ TEST_CASE("save_autogptq: fp16 floats, float layers, zero point 0, and what it r
         CHECK(relative_error(last_logits(pool, loaded.model), last_logits(pool, h.model)) < 8.0 * std::ldexp(1.0, -11));
         fs::remove_all(dir);
     }
-    SUBCASE("W8A8, float-only and mixed-scheme models are refused") {
+    SUBCASE("W8A8, float-only, mixed-scheme and activation-scaled models are refused") {
         const auto dir = temp_dir("refused");
         const auto w8a8 = quantize(pool, "int8-dynamic", {});
         CHECK_THROWS_WITH_AS(qlm::save_autogptq(w8a8.model, w8a8.info, dir), doctest::Contains("W8A8"), qlm::invalid_argument);
@@ -686,6 +718,11 @@ TEST_CASE("save_autogptq: fp16 floats, float layers, zero point 0, and what it r
         blocks[1].c_fc = quantize(pool, "rtn", {8, qlm::GranularityKind::per_group, 64, false}).model.blocks()[1].c_fc;
         const qlm::GPT2Model<qlm::AnyLinear> mixed(q.model.config(), q.model.wte(), q.model.wpe(), blocks, q.model.ln_f());
         CHECK_THROWS_WITH_AS(qlm::save_autogptq(mixed, q.info, dir), doctest::Contains("h.1.mlp.c_fc"), qlm::invalid_argument);
+        auto scaled_blocks = q.model.blocks();
+        scaled_blocks[0].mlp_act_scale = qlm::Tensor<float>(qlm::Shape{small_config().inner()});
+        std::fill_n(scaled_blocks[0].mlp_act_scale.data(), small_config().inner(), 2.0f);
+        const qlm::GPT2Model<qlm::AnyLinear> scaled(q.model.config(), q.model.wte(), q.model.wpe(), scaled_blocks, q.model.ln_f());
+        CHECK_THROWS_WITH_AS(qlm::save_autogptq(scaled, q.info, dir), doctest::Contains("activation scales"), qlm::invalid_argument);
         qlm::AutoGptqSaveOptions so;
         so.checkpoint_format = "marlin";
         CHECK_THROWS_AS(qlm::save_autogptq(q.model, q.info, dir, {}, so), qlm::invalid_argument);

@@ -300,3 +300,74 @@ TEST_CASE("mixed precision: salient input channels at 8 bits, the rest at 4") {
     options.salient_fraction = 0.05;
     CHECK_THROWS_AS(qlm::quantize_gpt2(pool, weights, options, &calibration), qlm::invalid_argument);
 }
+
+TEST_CASE("AWQ activation scales (mlp.act.scales): same function, saved, loaded and validated") {
+    qlm::ThreadPool pool(2);
+    const auto cfg = small_config();
+    auto weights = qlm::random_gpt2_weights(cfg, 11);
+    const auto stream = token_stream(600, cfg.vocab_size);
+    const auto prompt = std::span<const std::int32_t>(stream).subspan(20, 30);
+    const auto reference = last_logits(pool, qlm::to_any_linear(weights), prompt);
+
+    // GELU(x) / s followed by W diag(s) is the same function as GELU(x) followed by W.
+    auto model = qlm::to_any_linear(weights);
+    const std::size_t inner = cfg.inner();
+    qlm::Tensor<float> s(qlm::Shape{inner});
+    for (std::size_t j = 0; j < inner; ++j) s.data()[j] = 0.25f + static_cast<float>((j * 7919) % 97) / 24.0f;
+    auto& block = model.mutable_blocks()[1];
+    const auto& proj = block.mlp_proj.get<qlm::DenseLinear>();
+    qlm::Tensor<float> w = proj.weight();
+    for (std::size_t r = 0; r < w.dim(0); ++r)
+        for (std::size_t j = 0; j < inner; ++j) w.data()[r * inner + j] *= s.data()[j];
+    block.mlp_proj = qlm::DenseLinear(std::move(w), proj.bias());
+    block.mlp_act_scale = s;
+    const auto scaled = last_logits(pool, model, prompt);
+    CHECK(relative_error(scaled, reference) < 1e-5);
+
+    const fs::path dir = temp_dir("act_scales");
+    qlm::save_checkpoint(model, {}, dir);
+    CHECK(qlm::SafetensorsFile::open(dir / "model.safetensors").contains("h.1.mlp.act.scales"));
+    const auto loaded = qlm::load_checkpoint(dir);
+    CHECK(loaded.model.blocks()[1].mlp_act_scale.numel() == inner);
+    CHECK(loaded.model.blocks()[0].mlp_act_scale.numel() == 0);
+    CHECK(last_logits(pool, loaded.model, prompt) == scaled);
+    fs::remove_all(dir);
+
+    auto bad = loaded.model.blocks();
+    bad[1].mlp_act_scale.data()[5] = 0.0f;
+    CHECK_THROWS_AS(qlm::GPT2Model<qlm::AnyLinear>(cfg, loaded.model.wte(), loaded.model.wpe(), bad, loaded.model.ln_f()),
+                    qlm::invalid_argument);
+    bad[1].mlp_act_scale = qlm::Tensor<float>(qlm::Shape{inner - 1});
+    CHECK_THROWS_AS(qlm::GPT2Model<qlm::AnyLinear>(cfg, loaded.model.wte(), loaded.model.wpe(), bad, loaded.model.ln_f()),
+                    qlm::shape_error);
+
+    // A few hidden units with large activations: AWQ scales mlp.c_proj through them, and it helps.
+    for (auto& b : weights.blocks) {
+        qlm::Tensor<float> fc = b.c_fc.weight(), bias = b.c_fc.bias();
+        for (std::size_t j = 0; j < inner; j += 37) {
+            for (std::size_t k = 0; k < cfg.n_embd; ++k) fc.data()[j * cfg.n_embd + k] *= 12.0f;
+            bias.data()[j] = std::abs(bias.data()[j]) * 12.0f + 1.0f;
+        }
+        b.c_fc = qlm::DenseLinear(std::move(fc), std::move(bias));
+    }
+    const auto outlier_reference = last_logits(pool, qlm::to_any_linear(weights), prompt);
+    qlm::calibration::Options co;
+    co.samples = 8;
+    co.sample_tokens = 64;
+    const auto calibration = qlm::calibration::from_tokens(token_stream(2000, cfg.vocab_size), co);
+    qlm::QuantizeOptions options;
+    options.method = "awq";
+    options.weights = {3, qlm::GranularityKind::per_group, 64, false};
+    options.awq_scale_activation = false;
+    const auto plain = qlm::quantize_gpt2(pool, weights, options, &calibration);
+    options.awq_scale_activation = true;
+    const auto with_act = qlm::quantize_gpt2(pool, weights, options, &calibration);
+    std::size_t scaled_blocks = 0;
+    for (const auto& b : plain.model.blocks()) CHECK(b.mlp_act_scale.numel() == 0);
+    for (const auto& b : with_act.model.blocks()) scaled_blocks += b.mlp_act_scale.numel() == inner;
+    CHECK(scaled_blocks > 0);
+    const double err_plain = relative_error(last_logits(pool, plain.model, prompt), outlier_reference);
+    const double err_act = relative_error(last_logits(pool, with_act.model, prompt), outlier_reference);
+    MESSAGE("AWQ W3 logit error, mlp.c_proj unscaled " << err_plain << ", with activation scales " << err_act);
+    CHECK(err_act < err_plain);
+}

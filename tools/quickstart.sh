@@ -28,6 +28,7 @@ quantize() {  # name, qlm-quantize arguments...
 quantize w8a8-dynamic --method int8-dynamic
 quantize w8a8-static --method int8-static --smoothquant 0.5
 quantize rtn-w4-g128 --method rtn --bits 4 --group-size 128
+quantize rtn-w4-g128-asym --method rtn --bits 4 --group-size 128 --asym  # AWQ's baseline: AWQ uses zero points
 quantize gptq-w4-g128 --method gptq --bits 4 --group-size 128 --export-autogptq "$out/gptq-w4-g128-autogptq"
 quantize awq-w4-g128 --method awq --bits 4 --group-size 128
 names+=(gptq-w4-autogptq-format)  # the same model read back through the AutoGPTQ loader

@@ -59,6 +59,7 @@ SizeReport size_report(const GPT2Model<Linear>& model) {
         other(p + "ln_1.bias", b.ln_1.bias);
         other(p + "ln_2.weight", b.ln_2.weight);
         other(p + "ln_2.bias", b.ln_2.bias);
+        if (b.mlp_act_scale.numel()) other(p + "mlp.act.scales", b.mlp_act_scale);
         for (const LinearSlot slot : kLinearSlots) {
             const auto& layer = linear_of(b, slot);
             const std::string name = p + hf_name(slot);

@@ -105,6 +105,7 @@ inline void save_checkpoint(const GPT2Model<AnyLinear>& model, const Quantizatio
         add_float(p + "ln_1.bias", b.ln_1.bias);
         add_float(p + "ln_2.weight", b.ln_2.weight);
         add_float(p + "ln_2.bias", b.ln_2.bias);
+        if (b.mlp_act_scale.numel()) add_float(p + "mlp.act.scales", b.mlp_act_scale);
         for (const LinearSlot slot : kLinearSlots) {
             const std::string name = detail::layer_prefix(i, slot);
             const AnyLinear& layer = linear_of(b, slot);
@@ -291,6 +292,7 @@ inline LoadedModel load_checkpoint(const std::filesystem::path& dir) {
         blocks.push_back({detail::load_layer_norm(ckpt, p + "ln_1", C), load_linear(p + "attn.c_attn", C, 3 * C),
                           load_linear(p + "attn.c_proj", C, C), detail::load_layer_norm(ckpt, p + "ln_2", C),
                           load_linear(p + "mlp.c_fc", C, config.inner()), load_linear(p + "mlp.c_proj", config.inner(), C)});
+        if (ckpt.contains(p + "mlp.act.scales")) blocks.back().mlp_act_scale = ckpt.load_float(p + "mlp.act.scales", Shape{config.inner()});
     }
     std::optional<DenseLinear> head;
     if (ckpt.contains("lm_head.weight") && !tied_head) {

@@ -36,6 +36,9 @@ struct GPT2Block {
     LayerNormWeights ln_2;
     Linear c_fc;       // n_embd -> inner
     Linear mlp_proj;   // inner -> n_embd
+    // AWQ's ScaledActivation (AutoAWQ "mlp.act.scales"): GELU's output is divided by these [inner]
+    // before mlp_proj, whose input columns were multiplied by them. Empty in ordinary models.
+    Tensor<float> mlp_act_scale{};
 };
 
 // One sequence's tokens for this step, appended at cache.length().
@@ -257,6 +260,13 @@ private:
             expect_linear(b.attn_proj, C, C, p + "attn.c_proj");
             expect_linear(b.c_fc, C, config_.inner(), p + "mlp.c_fc");
             expect_linear(b.mlp_proj, config_.inner(), C, p + "mlp.c_proj");
+            if (b.mlp_act_scale.numel()) {
+                expect(b.mlp_act_scale, Shape{config_.inner()}, p + "mlp.act.scales");
+                for (const float s : b.mlp_act_scale.span())
+                    if (!(s > 0.0f) || !std::isfinite(s))
+                        throw invalid_argument("qlm: GPT-2 " + p + "mlp.act.scales holds " + std::to_string(s) +
+                                               ", expected finite values > 0");
+            }
         }
         if (untied_head_ && (untied_head_->in_features() != C || untied_head_->out_features() != config_.vocab_size))
             throw shape_error("qlm: GPT-2 lm_head does not map n_embd -> vocab_size");
@@ -337,6 +347,8 @@ private:
                     cpu::gelu_erf(rows, (end - begin) * inner);
                 else
                     cpu::gelu_tanh(rows, (end - begin) * inner);
+                if (block.mlp_act_scale.numel())
+                    for (std::size_t r = 0; r < end - begin; ++r) cpu::divide(rows + r * inner, block.mlp_act_scale.data(), inner);
             });
         });
         if (hook) hook(layer, LinearSlot::mlp_proj, ws.mlp.data(), m);

@@ -228,6 +228,8 @@ GPT2Model<AnyLinear> assemble_gpt2(const GPT2Config& config, const TensorSource&
                           load_linear(layer_prefix(i, LinearSlot::attn_proj), C, C), layer_norm(p + "ln_2"),
                           load_linear(layer_prefix(i, LinearSlot::c_fc), C, config.inner()),
                           load_linear(layer_prefix(i, LinearSlot::mlp_proj), config.inner(), C)});
+        if (src.contains(p + "mlp.act.scales"))  // AutoAWQ's ScaledActivation
+            blocks.back().mlp_act_scale = src.load_float(p + "mlp.act.scales", Shape{config.inner()});
     }
     LayerNormWeights ln_f = layer_norm("ln_f");
     std::optional<DenseLinear> head;
@@ -597,6 +599,10 @@ inline AutoGptqExportStats save_autogptq(const GPT2Model<AnyLinear>& model, cons
         std::string scheme;
     };
     std::vector<LayerGroups> layer_groups;
+    for (std::size_t i = 0; i < model.blocks().size(); ++i)
+        if (model.blocks()[i].mlp_act_scale.numel())
+            throw invalid_argument("qlm::save_autogptq: block " + std::to_string(i) +
+                                   " divides GELU's output by activation scales (AWQ), which AutoGPTQ's GPT-2 cannot hold");
     for (std::size_t i = 0; i < model.blocks().size(); ++i)
         for (const LinearSlot slot : kLinearSlots) {
             const std::string name = detail::layer_prefix(i, slot);

@@ -42,6 +42,7 @@ struct QuantizeOptions {
     bool gptq_act_order = false;
     std::size_t gptq_block_size = 128;
     bool awq_clip = true;
+    bool awq_scale_activation = true;  // scale mlp.c_proj too, dividing GELU's output (ScaledActivation)
     std::size_t awq_grid = 20;
     bool quantize_head = false;     // tied embedding / output head at 8 bits per channel (weight-only)
     double salient_fraction = 0.0;  // rtn: keep this fraction of the most activation-salient input
@@ -412,8 +413,22 @@ inline QuantizeResult quantize_gpt2(ThreadPool& pool, GPT2FloatWeights weights, 
             awq::fold_into_norm(block.ln_2.weight.span(), block.ln_2.bias.span(), s3.scales.span());
             awq::scale_weight_columns(w_fc, s3.scales.span());
             awq::divide_input_columns(x[2], s3.scales.span());
-            report(i, "scales a=" + std::to_string(s1.best_alpha).substr(0, 4) + "/" + std::to_string(s2.best_alpha).substr(0, 4) +
-                          "/" + std::to_string(s3.best_alpha).substr(0, 4));
+            // GELU -> mlp c_proj: no scale passes through GELU into c_fc, so it stays as a division
+            // after GELU (AutoAWQ's ScaledActivation, one multiply per hidden unit and token)
+            double alpha4 = 0.0;
+            if (options.awq_scale_activation) {
+                const Tensor<float>* mlp_w[] = {&w_mlp};
+                auto s4 = awq::search_scales(pool, x[3], std::span<const Tensor<float>* const>(mlp_w), so);
+                alpha4 = s4.best_alpha;
+                if (s4.best_alpha > 0.0) {
+                    awq::scale_weight_columns(w_mlp, s4.scales.span());
+                    awq::divide_input_columns(x[3], s4.scales.span());
+                    block.mlp_act_scale = std::move(s4.scales);
+                }
+            }
+            auto a = [](double v) { return std::to_string(v).substr(0, 4); };
+            report(i, "scales a=" + a(s1.best_alpha) + "/" + a(s2.best_alpha) + "/" + a(s3.best_alpha) +
+                          (options.awq_scale_activation ? "/" + a(alpha4) : std::string()));
 
             std::array<Tensor<float>*, 4> ws{&w_attn, &w_proj, &w_fc, &w_mlp};
             if (options.awq_clip) {
@@ -432,7 +447,9 @@ inline QuantizeResult quantize_gpt2(ThreadPool& pool, GPT2FloatWeights weights, 
                 linear_of(block, kLinearSlots[s]) = QuantLinear(quantize_rtn(ws[s]->view(), spec, pool, options.rtn), biases[s]);
             info.details["grid"] = options.awq_grid;
             info.details["clip"] = options.awq_clip;
-            info.details["folded"] = "ln_1->c_attn, v->attn.c_proj, ln_2->c_fc; mlp.c_proj unscaled (GELU)";
+            info.details["folded"] = options.awq_scale_activation
+                                         ? "ln_1->c_attn, v->attn.c_proj, ln_2->c_fc; mlp.c_proj via mlp.act.scales after GELU"
+                                         : "ln_1->c_attn, v->attn.c_proj, ln_2->c_fc; mlp.c_proj unscaled (GELU)";
         }
         runner.run(i, nullptr, true);  // the next block's inputs come from this quantized block
         report(i, "quantized");

@@ -100,6 +100,14 @@ inline void gelu_tanh(float* x, std::size_t n) noexcept {
     for (; i < n; ++i) x[i] = reference::gelu_tanh(x[i]);
 }
 
+// x[i] /= d[i]
+inline void divide(float* x, const float* d, std::size_t n) noexcept {
+    std::size_t i = 0;
+    for (; i + kFloatLanes <= n; i += kFloatLanes)
+        (float_batch::load_unaligned(x + i) / float_batch::load_unaligned(d + i)).store_unaligned(x + i);
+    for (; i < n; ++i) x[i] /= d[i];
+}
+
 inline void gelu_erf(float* x, std::size_t n) noexcept {
     for (std::size_t i = 0; i < n; ++i) x[i] = reference::gelu_erf(x[i]);
 }
