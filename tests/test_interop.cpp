@@ -5,10 +5,11 @@
 
 #include <qlm/core/half.hpp>
 #include <qlm/io/safetensors.hpp>
-#include <qlm/kv/contiguous_cache.hpp>
 #include <qlm/model/interop.hpp>
 #include <qlm/model/quantize.hpp>
 #include <qlm/model/random_weights.hpp>
+
+#include "test_util.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -25,28 +26,15 @@
 #include <string>
 #include <vector>
 
-#include <unistd.h>
 
 namespace {
 
 namespace fs = std::filesystem;
 using qlm::DType;
 
-qlm::GPT2Config small_config() {
-    qlm::GPT2Config c;
-    c.n_layer = 2;
-    c.n_head = 4;
-    c.n_embd = 128;
-    c.n_positions = 64;
-    c.vocab_size = 300;
-    return c;
-}
-
-std::vector<std::int32_t> token_stream(std::size_t n, std::size_t vocab) {
-    std::vector<std::int32_t> t(n);
-    for (std::size_t i = 0; i < n; ++i) t[i] = static_cast<std::int32_t>((i * 37 + (i / 5) * 11) % vocab);
-    return t;
-}
+using qlm_test::relative_error;
+using qlm_test::small_config;
+using qlm_test::token_stream;
 
 const std::vector<std::int32_t>& prompt() {
     static const std::vector<std::int32_t> p = [] {
@@ -57,28 +45,10 @@ const std::vector<std::int32_t>& prompt() {
 }
 
 std::vector<float> last_logits(qlm::ThreadPool& pool, const qlm::GPT2Model<qlm::AnyLinear>& model) {
-    const auto& c = model.config();
-    qlm::ContiguousKVCache cache(c.n_layer, c.n_positions, c.n_embd);
-    qlm::ForwardWorkspace ws;
-    const auto logits = model.forward(pool, cache, std::span<const std::int32_t>(prompt()), ws);
-    return {logits.begin(), logits.end()};
+    return qlm_test::last_logits(pool, model, prompt());
 }
 
-double relative_error(const std::vector<float>& a, const std::vector<float>& b) {
-    double diff = 0, scale = 0;
-    for (std::size_t i = 0; i < a.size(); ++i) {
-        diff = std::max(diff, std::abs(static_cast<double>(a[i]) - b[i]));
-        scale = std::max(scale, std::abs(static_cast<double>(b[i])));
-    }
-    return diff / scale;
-}
-
-fs::path temp_dir(const std::string& name) {
-    const fs::path p = fs::temp_directory_path() / ("qlm_test_interop_" + std::to_string(::getpid()) + "_" + name);
-    fs::remove_all(p);
-    fs::create_directories(p);
-    return p;
-}
+fs::path temp_dir(const std::string& name) { return qlm_test::temp_dir("interop_" + name); }
 
 float fp16_round(float x) { return qlm::fp16_to_float(qlm::float_to_fp16(x)); }
 

@@ -7,6 +7,8 @@
 #include <qlm/model/quantize.hpp>
 #include <qlm/model/random_weights.hpp>
 
+#include "test_util.hpp"
+
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -17,44 +19,11 @@ namespace {
 
 namespace fs = std::filesystem;
 
-qlm::GPT2Config small_config() {
-    qlm::GPT2Config c;
-    c.n_layer = 2;
-    c.n_head = 4;
-    c.n_embd = 128;
-    c.n_positions = 64;
-    c.vocab_size = 300;
-    return c;
-}
-
-std::vector<std::int32_t> token_stream(std::size_t n, std::size_t vocab) {
-    std::vector<std::int32_t> t(n);
-    for (std::size_t i = 0; i < n; ++i) t[i] = static_cast<std::int32_t>((i * 37 + (i / 5) * 11) % vocab);
-    return t;
-}
-
-std::vector<float> last_logits(qlm::ThreadPool& pool, const qlm::GPT2Model<qlm::AnyLinear>& model, std::span<const std::int32_t> tokens) {
-    const auto& c = model.config();
-    qlm::ContiguousKVCache cache(c.n_layer, c.n_positions, c.n_embd);
-    qlm::ForwardWorkspace ws;
-    const auto logits = model.forward(pool, cache, tokens, ws);
-    return {logits.begin(), logits.end()};
-}
-
-double relative_error(const std::vector<float>& a, const std::vector<float>& b) {
-    double diff = 0, scale = 0;
-    for (std::size_t i = 0; i < a.size(); ++i) {
-        diff = std::max(diff, std::abs(static_cast<double>(a[i]) - b[i]));
-        scale = std::max(scale, std::abs(static_cast<double>(b[i])));
-    }
-    return diff / scale;
-}
-
-fs::path temp_dir(const std::string& name) {
-    const fs::path p = fs::temp_directory_path() / ("qlm_test_" + name);
-    fs::remove_all(p);
-    return p;
-}
+using qlm_test::last_logits;
+using qlm_test::relative_error;
+using qlm_test::small_config;
+using qlm_test::temp_dir;
+using qlm_test::token_stream;
 
 }  // namespace
 

@@ -139,4 +139,18 @@ private:
     Shape shape_;
 };
 
+// [rows, cols] -> [cols, rows], in cache-sized tiles (HF Conv1D [in, out] <-> qlm's [out, in]; X -> X^T).
+template <class T>
+Tensor<T> transpose(const Tensor<T>& t) {
+    if (t.shape().rank() != 2) throw shape_error("qlm::transpose: expected a 2-D tensor, found " + t.shape().str());
+    const std::size_t rows = t.dim(0), cols = t.dim(1);
+    Tensor<T> out(Shape{cols, rows});
+    constexpr std::size_t tile = 32;
+    for (std::size_t r0 = 0; r0 < rows; r0 += tile)
+        for (std::size_t c0 = 0; c0 < cols; c0 += tile)
+            for (std::size_t r = r0; r < std::min(rows, r0 + tile); ++r)
+                for (std::size_t c = c0; c < std::min(cols, c0 + tile); ++c) out.data()[c * rows + r] = t.data()[r * cols + c];
+    return out;
+}
+
 }  // namespace qlm

@@ -118,7 +118,7 @@ inline void save_checkpoint(const GPT2Model<AnyLinear>& model, const Quantizatio
             };
             if (layer.holds<DenseLinear>()) {
                 const auto& d = layer.get<DenseLinear>();
-                keep.push_back(detail::transpose(d.weight()));  // HF Conv1D layout [in, out]
+                keep.push_back(transpose(d.weight()));  // HF Conv1D layout [in, out]
                 add_float(name + ".weight", keep.back());
                 if (d.bias().numel()) add_float(name + ".bias", d.bias());
                 writer.set_metadata("qlm.kind." + name, "float");
@@ -220,7 +220,7 @@ inline LoadedModel load_checkpoint(const std::filesystem::path& dir) {
     auto load_linear = [&](const std::string& name, std::size_t in, std::size_t out) -> AnyLinear {
         const Tensor<float> bias = ckpt.contains(name + ".bias") ? ckpt.load_float(name + ".bias", Shape{out}) : Tensor<float>();
         if (!ckpt.contains(name + ".qweight")) {
-            return DenseLinear(detail::transpose(ckpt.load_float(name + ".weight", Shape{in, out})), bias);
+            return DenseLinear(transpose(ckpt.load_float(name + ".weight", Shape{in, out})), bias);
         }
         const SafetensorsFile& f = ckpt.file_of(name + ".qweight");
         const auto& meta = f.metadata();

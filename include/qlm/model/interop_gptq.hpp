@@ -673,7 +673,7 @@ inline AutoGptqExportStats save_autogptq(const GPT2Model<AnyLinear>& model, cons
                 write_gptq_layer(writer, name, l.get<QuantLinear>(), options, stats);
             } else {
                 const auto& d = l.get<DenseLinear>();
-                add_float_tensor(writer, "transformer." + name + ".weight", detail::transpose(d.weight()), fd);  // Conv1D [in, out]
+                add_float_tensor(writer, "transformer." + name + ".weight", transpose(d.weight()), fd);  // Conv1D [in, out]
                 if (d.bias().numel()) add_float_tensor(writer, "transformer." + name + ".bias", d.bias(), fd);
                 ++stats.float_layers;
             }

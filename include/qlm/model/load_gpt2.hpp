@@ -13,18 +13,6 @@ namespace qlm {
 
 namespace detail {
 
-// HF's Conv1D stores [in, out]; qlm's linear layers use [out, in].
-inline Tensor<float> transpose(const Tensor<float>& t) {
-    const std::size_t rows = t.dim(0), cols = t.dim(1);
-    Tensor<float> out(Shape{cols, rows});
-    constexpr std::size_t tile = 32;
-    for (std::size_t r0 = 0; r0 < rows; r0 += tile)
-        for (std::size_t c0 = 0; c0 < cols; c0 += tile)
-            for (std::size_t r = r0; r < std::min(rows, r0 + tile); ++r)
-                for (std::size_t c = c0; c < std::min(cols, c0 + tile); ++c) out.data()[c * rows + r] = t.data()[r * cols + c];
-    return out;
-}
-
 inline LayerNormWeights load_layer_norm(const HfCheckpoint& ckpt, const std::string& prefix, std::size_t n) {
     return {ckpt.load_float(prefix + ".weight", Shape{n}), ckpt.load_float(prefix + ".bias", Shape{n})};
 }

@@ -182,21 +182,10 @@ inline double output_error_gram(ThreadPool& pool, const Tensor<float>& gram, con
     return sum_products(pool, d.data(), p.data(), n, k);
 }
 
-inline Tensor<float> transpose(const Tensor<float>& x) {
-    const std::size_t m = x.dim(0), k = x.dim(1);
-    Tensor<float> t(Shape{k, m});
-    constexpr std::size_t B = 32;
-    for (std::size_t i0 = 0; i0 < m; i0 += B)
-        for (std::size_t j0 = 0; j0 < k; j0 += B)
-            for (std::size_t i = i0; i < std::min(m, i0 + B); ++i)
-                for (std::size_t j = j0; j < std::min(k, j0 + B); ++j) t.data()[j * m + i] = x.data()[i * k + j];
-    return t;
-}
-
 // X^T X for X [m, K].
 inline Tensor<float> gram_matrix(ThreadPool& pool, const Tensor<float>& x) {
     const std::size_t k = x.dim(1);
-    const Tensor<float> xt = transpose(x);
+    const Tensor<float> xt = qlm::transpose(x);
     Tensor<float> g(Shape{k, k});
     cpu::gemm_f32(pool, xt.data(), k, x.dim(0), xt.data(), k, nullptr, g.data());
     return g;
@@ -365,7 +354,7 @@ inline Tensor<float> search_clip(ThreadPool& pool, const Tensor<float>& x, const
     const std::size_t nr = re - rb;
     if (nr == 0 || cands == 1) return max_val;
 
-    const Tensor<float> xt = detail::transpose(detail::subsample_rows(x, opt.max_samples, who));  // [K, m]
+    const Tensor<float> xt = qlm::transpose(detail::subsample_rows(x, opt.max_samples, who));  // [K, m]
     const std::size_t m = xt.dim(1);
     Tensor<float> gram(Shape{gs, gs});
     Tensor<float> dq(Shape{nr * cands, gs}), pq(Shape{nr * cands, gs});

@@ -123,6 +123,13 @@ struct QuantMatrixRef {
     int zero(std::size_t row, std::size_t group) const noexcept {
         return zeros ? zeros[row * groups() + group] : (1 << (bits - 1));
     }
+    // sum_g scale(row, g) * zero(row, g) * x_group_sums[g]: the zero points' share of row's dot product
+    // with x, which the kernels subtract once per row instead of once per weight.
+    float zero_point_term(std::size_t row, const float* x_group_sums) const noexcept {
+        float t = 0.0f;
+        for (std::size_t g = 0; g < groups(); ++g) t += scales[row * groups() + g] * static_cast<float>(zero(row, g)) * x_group_sums[g];
+        return t;
+    }
 };
 
 }  // namespace qlm

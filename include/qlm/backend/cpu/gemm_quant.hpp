@@ -181,12 +181,7 @@ QLM_TARGET_AVX2 void gemv_packed_avx2(const QuantMatrixRef& w, const float* x, c
         const __m128 s = avx2_reduce4(facc[0], facc[1], facc[0], facc[1]);
         float sums[4];
         _mm_storeu_ps(sums, s);
-        for (int r = 0; r < 2 && j + r < j1; ++r) {
-            float corr = 0.0f;
-            for (std::size_t g = 0; g < groups; ++g)
-                corr += w.scales[rows[r] * groups + g] * static_cast<float>(w.zero(rows[r], g)) * xg[g];
-            y[j + r] = (sums[r] - corr) + (bias ? bias[j + r] : 0.0f);
-        }
+        for (int r = 0; r < 2 && j + r < j1; ++r) y[j + r] = (sums[r] - w.zero_point_term(rows[r], xg)) + (bias ? bias[j + r] : 0.0f);
     }
 }
 
@@ -215,9 +210,7 @@ QLM_TARGET_AVX2 inline void gemv_u8_avx2(const QuantMatrixRef& w, const float* x
         }
         float sums[4];
         _mm_storeu_ps(sums, avx2_reduce4(facc, facc, facc, facc));
-        float corr = 0.0f;
-        for (std::size_t g = 0; g < groups; ++g) corr += w.scales[j * groups + g] * static_cast<float>(w.zero(j, g)) * xg[g];
-        y[j] = (sums[0] - corr) + (bias ? bias[j] : 0.0f);
+        y[j] = (sums[0] - w.zero_point_term(j, xg)) + (bias ? bias[j] : 0.0f);
     }
 }
 
@@ -318,12 +311,7 @@ QLM_TARGET_AVX512 void gemv_packed_avx512(const QuantMatrixRef& w, const float* 
             }
         float sums[4];
         _mm_storeu_ps(sums, avx512_reduce4(facc[0], facc[1], facc[0], facc[1]));
-        for (int r = 0; r < 2 && j + r < j1; ++r) {
-            float corr = 0.0f;
-            for (std::size_t g = 0; g < groups; ++g)
-                corr += w.scales[rows[r] * groups + g] * static_cast<float>(w.zero(rows[r], g)) * xg[g];
-            y[j + r] = (sums[r] - corr) + (bias ? bias[j + r] : 0.0f);
-        }
+        for (int r = 0; r < 2 && j + r < j1; ++r) y[j + r] = (sums[r] - w.zero_point_term(rows[r], xg)) + (bias ? bias[j + r] : 0.0f);
     }
 }
 
@@ -351,9 +339,7 @@ QLM_TARGET_AVX512 inline void gemv_u8_avx512(const QuantMatrixRef& w, const floa
         }
         float sums[4];
         _mm_storeu_ps(sums, avx512_reduce4(facc, facc, facc, facc));
-        float corr = 0.0f;
-        for (std::size_t g = 0; g < groups; ++g) corr += w.scales[j * groups + g] * static_cast<float>(w.zero(j, g)) * xg[g];
-        y[j] = (sums[0] - corr) + (bias ? bias[j] : 0.0f);
+        y[j] = (sums[0] - w.zero_point_term(j, xg)) + (bias ? bias[j] : 0.0f);
     }
 }
 
