@@ -15,7 +15,9 @@ Method: Hugging Face "Perplexity of fixed-length models" (sliding window with st
 The model runs in float64 (weights upcast from F32), log-softmax in float64.
 
     /usr/bin/python3 tools/reference_perplexity.py [--model models/gpt2-tiny-kjv] [--stride 128]
-writes tests/data/reference_perplexity.json.
+writes tests/data/reference_perplexity.json;
+    /usr/bin/python3 tools/reference_perplexity.py --max-tokens 2048 --out tests/data/reference_perplexity_2048.json
+writes the first-2048-token reference the sanitizer builds check (the whole text is too slow there).
 """
 import argparse
 import hashlib
@@ -41,6 +43,7 @@ def main():
     ap.add_argument("--max-length", type=int, default=0, help="default: n_positions")
     ap.add_argument("--stride", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--max-tokens", type=int, default=0, help="score only the first N tokens of the text (0: all)")
     ap.add_argument("--out", default="tests/data/reference_perplexity.json")
     args = ap.parse_args()
     reexec_with_openblas(args.threads)
@@ -53,6 +56,8 @@ def main():
         raw = f.read()
     enc = gpt2_bpe.get_encoder(os.path.join(REPO, args.model))
     ids = enc.encode(raw.decode("utf-8"))
+    if args.max_tokens:
+        ids = ids[:args.max_tokens]
     t0 = time.time()
     nll_sum, scored = sliding_window_nll(model, ids, max_length, args.stride, dtype=torch.float64)
     ppl = math.exp(nll_sum / scored)
@@ -63,6 +68,7 @@ def main():
         "max_length": max_length,
         "stride": args.stride,
         "tokens": len(ids),
+        "token_limit": args.max_tokens,
         "scored_tokens": scored,
         "nll_sum": nll_sum,
         "nll_per_token": nll_sum / scored,
