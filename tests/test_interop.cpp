@@ -326,10 +326,7 @@ qlm::GPT2Model<qlm::AnyLinear> with_fp16_scales(const qlm::GPT2Model<qlm::AnyLin
 
 const qlm::calibration::CalibrationSet& calibration() {
     static const qlm::calibration::CalibrationSet set = [] {
-        qlm::calibration::Options co;
-        co.samples = 4;
-        co.sample_tokens = 32;
-        return qlm::calibration::from_tokens(token_stream(1000, 300), co);
+        return qlm_test::calibration_from(token_stream(1000, 300), 4, 32);
     }();
     return set;
 }

@@ -32,10 +32,7 @@ TEST_CASE("every method quantizes every linear layer, runs, and round-trips thro
     const auto cfg = small_config();
     const auto weights = qlm::random_gpt2_weights(cfg, 7);
     const auto stream = token_stream(2000, cfg.vocab_size);
-    qlm::calibration::Options co;
-    co.samples = 8;
-    co.sample_tokens = 64;
-    const auto calibration = qlm::calibration::from_tokens(stream, co);
+    const auto calibration = qlm_test::calibration_from(stream, 8, 64);
     const auto prompt = std::span<const std::int32_t>(stream).subspan(100, 40);
     const auto reference = last_logits(pool, qlm::to_any_linear(weights), prompt);
 
@@ -84,10 +81,7 @@ TEST_CASE("GPTQ with act-order stores a permutation and matches its own dequanti
     qlm::ThreadPool pool(2);
     const auto cfg = small_config();
     const auto stream = token_stream(2000, cfg.vocab_size);
-    qlm::calibration::Options co;
-    co.samples = 4;
-    co.sample_tokens = 64;
-    const auto calibration = qlm::calibration::from_tokens(stream, co);
+    const auto calibration = qlm_test::calibration_from(stream, 4, 64);
     qlm::QuantizeOptions options;
     options.method = "gptq";
     options.weights = {4, qlm::GranularityKind::per_group, 64, true};
@@ -224,10 +218,7 @@ TEST_CASE("mixed precision: salient input channels at 8 bits, the rest at 4") {
     const auto cfg = small_config();
     const auto weights = qlm::random_gpt2_weights(cfg, 11);
     const auto stream = token_stream(2000, cfg.vocab_size);
-    qlm::calibration::Options co;
-    co.samples = 6;
-    co.sample_tokens = 64;
-    const auto calibration = qlm::calibration::from_tokens(stream, co);
+    const auto calibration = qlm_test::calibration_from(stream, 6, 64);
     qlm::QuantizeOptions options;
     options.weights = {4, qlm::GranularityKind::per_group, 64, true};
     options.salient_fraction = 0.05;
@@ -320,10 +311,7 @@ TEST_CASE("AWQ activation scales (mlp.act.scales): same function, saved, loaded 
         b.c_fc = qlm::DenseLinear(std::move(fc), std::move(bias));
     }
     const auto outlier_reference = last_logits(pool, qlm::to_any_linear(weights), prompt);
-    qlm::calibration::Options co;
-    co.samples = 8;
-    co.sample_tokens = 64;
-    const auto calibration = qlm::calibration::from_tokens(token_stream(2000, cfg.vocab_size), co);
+    const auto calibration = qlm_test::calibration_from(token_stream(2000, cfg.vocab_size), 8, 64);
     qlm::QuantizeOptions options;
     options.method = "awq";
     options.weights = {3, qlm::GranularityKind::per_group, 64, false};

@@ -6,6 +6,7 @@
 #include <qlm/model/config.hpp>
 #include <qlm/model/gpt2.hpp>
 #include <qlm/model/quantized_linear.hpp>
+#include <qlm/quant/calibration.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -34,6 +35,15 @@ inline std::vector<std::int32_t> token_stream(std::size_t n, std::size_t vocab) 
     std::vector<std::int32_t> t(n);
     for (std::size_t i = 0; i < n; ++i) t[i] = static_cast<std::int32_t>((i * 37 + (i / 5) * 11) % vocab);
     return t;
+}
+
+// `samples` calibration samples of `sample_tokens` tokens cut from `stream` (default seed).
+inline qlm::calibration::CalibrationSet calibration_from(std::span<const std::int32_t> stream, std::size_t samples,
+                                                         std::size_t sample_tokens) {
+    qlm::calibration::Options options;
+    options.samples = samples;
+    options.sample_tokens = sample_tokens;
+    return qlm::calibration::from_tokens(stream, options);
 }
 
 inline std::vector<float> last_logits(qlm::ThreadPool& pool, const qlm::GPT2Model<qlm::AnyLinear>& model,
