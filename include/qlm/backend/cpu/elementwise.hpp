@@ -2,7 +2,7 @@
 // Row-wise float operations of the transformer (layer norm, GELU, softmax, residual add),
 // written with xsimd for the architecture the translation unit is compiled for, each with a
 // scalar reference in qlm::cpu::reference.
-#include <xsimd/xsimd.hpp>
+#include <qlm/core/detail/xsimd.hpp>
 
 #include <algorithm>
 #include <cmath>

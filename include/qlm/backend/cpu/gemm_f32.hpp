@@ -9,6 +9,7 @@
 // block or thread it lands in (tails reuse the full kernel on duplicated rows), so the result does
 // not depend on the number of threads. M == 1 uses a GEMV kernel (1 x 8 rows, whole k).
 #include <qlm/backend/cpu/cpu_features.hpp>
+#include <qlm/core/detail/intrinsics_diagnostics.hpp>
 #include <qlm/core/error.hpp>
 #include <qlm/core/thread_pool.hpp>
 
@@ -165,11 +166,8 @@ QLM_TARGET_AVX2 void tile_f32_avx2(const float* const* xr, const float* const* w
 }
 
 // ---- AVX-512 ---------------------------------------------------------------------------------
-// GCC 12's AVX-512 intrinsics use a self-initialised "undefined" vector that trips -Wuninitialized
-// once inlined (a known false positive); silence it for the AVX-512 kernels only.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// GCC 12's false positive on its own AVX-512 intrinsics: core/detail/intrinsics_diagnostics.hpp.
+QLM_INTRINSICS_BEGIN
 
 QLM_TARGET_AVX512 inline __m256 avx512_fold(__m512 a) {
     return _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
@@ -209,6 +207,7 @@ QLM_TARGET_AVX512 void tile_f32_avx512(const float* const* xr, const float* cons
         for (std::size_t c = 0; c < NR; c += 4)
             _mm_storeu_ps(out + r * NR + c, avx512_reduce4(acc[r][c], acc[r][c + 1], acc[r][c + 2], acc[r][c + 3]));
 }
+QLM_INTRINSICS_END
 
 #endif  // QLM_CPU_X86
 

@@ -11,6 +11,7 @@
 // Fast paths need group_size % 32 == 0 for 4/3/2 bits (any group size for 8 bits); other group
 // sizes run the scalar kernel.
 #include <qlm/backend/cpu/cpu_features.hpp>
+#include <qlm/core/detail/intrinsics_diagnostics.hpp>
 #include <qlm/backend/cpu/gemm_f32.hpp>
 #include <qlm/core/error.hpp>
 #include <qlm/core/thread_pool.hpp>
@@ -249,9 +250,7 @@ QLM_TARGET_AVX2 void dequant_block_avx2(const QuantMatrixRef& w, std::size_t j0,
 }
 
 // ---- AVX-512 ---------------------------------------------------------------------------------
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+QLM_INTRINSICS_BEGIN
 
 QLM_TARGET_AVX512 inline __m512i avx512_load16_u8(const std::uint8_t* p) {
     return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
@@ -375,7 +374,7 @@ QLM_TARGET_AVX512 void dequant_block_avx512(const QuantMatrixRef& w, std::size_t
     }
 }
 
-#pragma GCC diagnostic pop
+QLM_INTRINSICS_END
 #endif  // QLM_CPU_X86
 
 using GemvQuantFn = void (*)(const QuantMatrixRef&, const float*, const float*, const float*, float*, std::size_t,

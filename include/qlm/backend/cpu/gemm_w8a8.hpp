@@ -9,6 +9,7 @@
 // uses vpmaddwd (vpmaddubsw would saturate at 255·127·2). The integer sums are exact on every path
 // and the float epilogue is one shared function, so every path gives bitwise the reference result.
 #include <qlm/backend/cpu/cpu_features.hpp>
+#include <qlm/core/detail/intrinsics_diagnostics.hpp>
 #include <qlm/backend/cpu/gemm_f32.hpp>
 #include <qlm/backend/cpu/gemm_quant.hpp>
 #include <qlm/core/error.hpp>
@@ -163,9 +164,7 @@ QLM_TARGET_AVX2 void tile_i8_avx2(const std::int8_t* const* xr, const std::uint8
                              avx2_reduce4_i32(acc[r][c], acc[r][c + 1], acc[r][c + 2], acc[r][c + 3]));
 }
 
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+QLM_INTRINSICS_BEGIN
 
 QLM_TARGET_AVX512 inline __m256i avx512_fold_i32(__m512i a) {
     return _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64(a, 1));
@@ -204,7 +203,7 @@ QLM_TARGET_AVX512 void tile_i8_avx512(const std::int8_t* const* xr, const std::u
         }
 }
 
-#pragma GCC diagnostic pop
+QLM_INTRINSICS_END
 #endif  // QLM_CPU_X86
 
 // Work items: (block of nb weight rows) x (block of x rows); per (MR x NR) tile, per group: one

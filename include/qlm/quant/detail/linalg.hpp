@@ -8,7 +8,7 @@
 // but they reach a useful fraction of the FMA rate for the sizes GPTQ needs (K <= a few thousand).
 #include <qlm/core/thread_pool.hpp>
 
-#include <xsimd/xsimd.hpp>
+#include <qlm/core/detail/xsimd.hpp>
 
 #include <algorithm>
 #include <atomic>
