@@ -23,7 +23,8 @@ const char* kUsage = R"(usage: qlm-bench [options]
   --prompt-tokens N    prefill length (default 128)
   --decode-tokens N    decode steps (default 128)
   --repetitions N      runs per variant; the median is reported (default 3)
-  --variants LIST      comma-separated: fp32,w8a8,w4g128,w3g128 (default: all)
+  --variants LIST      comma-separated: fp32,w8a8,w4g128,w3g128,w4a8g128,w3a8g128 (default: all;
+                       wNg128: weight-only, float activations; wNa8g128: int8 activations per token)
   --profile            print where decode time goes (per operation) and the bandwidth reached
 )";
 
@@ -59,7 +60,7 @@ int main(int argc, char** argv) try {
     }
     if (prompt_tokens + decode_tokens > weights.config.n_positions)
         throw qlm::invalid_argument("prompt + decode tokens exceed the context of " + std::to_string(weights.config.n_positions));
-    const std::string variants = args.get("variants", "fp32,w8a8,w4g128,w3g128");
+    const std::string variants = args.get("variants", "fp32,w8a8,w4g128,w3g128,w4a8g128,w3a8g128");
     const bool profile = args.has("profile");
     args.reject_unknown();
     qlm::ThreadPool pool(threads);
@@ -79,13 +80,14 @@ int main(int argc, char** argv) try {
         o.quantize_head = true;  // as llama.cpp's quantized files do
         if (v == "w8a8") {
             o.method = "int8-dynamic";
-        } else if (v == "w4g128" || v == "w3g128") {
+        } else if (v == "w4g128" || v == "w3g128" || v == "w4a8g128" || v == "w3a8g128") {
             o.method = "rtn";
             o.weights = qlm::QuantSpec{v[1] - '0', qlm::GranularityKind::per_group, 128, true};
         } else if (v != "fp32") {
-            throw qlm::invalid_argument("unknown variant '" + v + "' (fp32, w8a8, w4g128, w3g128)");
+            throw qlm::invalid_argument("unknown variant '" + v + "' (fp32, w8a8, w4g128, w3g128, w4a8g128, w3a8g128)");
         }
-        const auto model = v == "fp32" ? qlm::to_any_linear(weights) : qlm::quantize_gpt2(pool, weights, o).model;
+        auto model = v == "fp32" ? qlm::to_any_linear(weights) : qlm::quantize_gpt2(pool, weights, o).model;
+        if (v.find("a8g") != std::string::npos) qlm::set_weight_only_activations(model, qlm::ActQuant::int8_dynamic);
         qlm::ForwardProfile decode_profile;
         const auto speed = qlm::measure_speed(pool, model, prompt_tokens, decode_tokens, reps, profile ? &decode_profile : nullptr);
         if (v == "fp32" || base.decode_tokens_per_second == 0.0) base = speed;

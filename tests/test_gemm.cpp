@@ -1,7 +1,9 @@
 // Tests for the CPU GEMM kernels (include/qlm/backend/cpu/): every instruction-set path this CPU
-// supports, forced, against the scalar reference, on awkward shapes; bitwise thread-count independence.
+// supports, forced, against the scalar reference, on awkward shapes; bitwise thread-count
+// independence. The quantized kernels run on repacked panels (PanelMatrix) and are checked against
+// references that read the canonical packed matrix.
 #include <qlm/backend/cpu/gemm.hpp>
-#include <qlm/quant/packing.hpp>
+#include <qlm/core/packed_matrix.hpp>
 
 #include <doctest/doctest.h>
 
@@ -128,7 +130,7 @@ TEST_CASE("gemm_f32: results are bitwise identical for 1, 2 and 3 threads") {
 
 namespace {
 
-// A random packed quantized matrix built with qlm::Packing<Bits>::pack_row.
+// A random packed quantized matrix built with qlm::Packing<Bits>::pack_row (the canonical layout).
 struct QuantCase {
     int bits;
     std::size_t n, k, gs;
@@ -169,192 +171,277 @@ QuantCase make_quant(std::mt19937& rng, int bits, std::size_t n, std::size_t k, 
     return q;
 }
 
-std::vector<double> quant_magnitude(const std::vector<float>& x, std::size_t m, const qlm::QuantMatrixRef& w,
-                                    const float* bias) {
-    std::vector<double> mag(m * w.n);
-    for (std::size_t j = 0; j < w.n; ++j)
-        for (std::size_t i = 0; i < m; ++i) {
-            double s = bias ? std::fabs(bias[j]) : 0.0;
-            for (std::size_t p = 0; p < w.k; ++p)
-                s += std::fabs(static_cast<double>(x[i * w.k + p]) * qlm::cpu::detail::dequant_at(w, j, p));
-            mag[i * w.n + j] = s;
-        }
-    return mag;
+// The dequantized weight [n, k] of a canonical matrix.
+std::vector<float> dequantized(const qlm::QuantMatrixRef& w) {
+    std::vector<float> out(w.n * w.k);
+    std::vector<std::uint8_t> codes(w.k);
+    for (std::size_t j = 0; j < w.n; ++j) {
+        w.codes_row(j, codes);
+        for (std::size_t p = 0; p < w.k; ++p)
+            out[j * w.k + p] = static_cast<float>(codes[p] - w.zero(j, p / w.group_size)) * w.scale(j, p / w.group_size);
+    }
+    return out;
 }
 
-const std::pair<std::size_t, std::size_t> kMNs[] = {{1, 257}, {2, 7}, {3, 33}, {5, 100}, {17, 1}, {64, 257}, {130, 33}};
+std::vector<double> quant_magnitude(const std::vector<float>& x, std::size_t m, const qlm::QuantMatrixRef& w, const float* bias) {
+    return f32_magnitude(x, m, w.k, dequantized(w), w.n, bias);
+}
+
+// Calls fn(std::integral_constant<int, Bits>) for a run-time bit width.
+template <class F>
+void with_bits(int bits, F&& fn) {
+    switch (bits) {
+        case 8: return fn(std::integral_constant<int, 8>{});
+        case 4: return fn(std::integral_constant<int, 4>{});
+        case 3: return fn(std::integral_constant<int, 3>{});
+        case 2: return fn(std::integral_constant<int, 2>{});
+    }
+}
+
+const std::pair<std::size_t, std::size_t> kMNs[] = {{1, 257}, {2, 7}, {3, 33}, {4, 16}, {5, 100}, {17, 1}, {64, 257}, {130, 33}};
+
+// Group sizes worth testing for a row of k: every multiple of 32 the scheme allows up to 128, and k.
+std::vector<std::size_t> group_sizes(int bits, std::size_t k) {
+    std::vector<std::size_t> out;
+    for (std::size_t gs : {std::size_t{32}, std::size_t{64}, std::size_t{128}})
+        if (gs < k && k % gs == 0 && (bits == 8 || bits == 4 || gs % 64 == 0)) out.push_back(gs);
+    out.push_back(k);
+    return out;
+}
+
+std::vector<std::size_t> row_lengths(int bits) {
+    if (bits == 8) return {4, 7, 13, 64, 100, 192, 768};  // 7, 13: padded to the 4-column step
+    return {64, 128, 192, 768};
+}
 
 }  // namespace
 
-TEST_CASE("code_at reads back what Packing::pack_row wrote") {
+TEST_CASE("PanelMatrix: repacking keeps every code, scale and zero point, and canonical() gives the bytes back") {
     std::mt19937 rng(5);
-    for (int bits : {8, 4, 3, 2}) {
-        const auto q = make_quant(rng, bits, 3, 192, 64, true);
-        std::vector<std::uint8_t> codes(192);
-        const auto r = q.ref();
-        for (std::size_t j = 0; j < 3; ++j) {
-            std::span<const std::uint8_t> row(q.packed.data() + j * r.row_bytes, r.row_bytes);
-            switch (bits) {
-                case 8: qlm::Packing<8>::unpack_row(row, codes); break;
-                case 4: qlm::Packing<4>::unpack_row(row, codes); break;
-                case 3: qlm::Packing<3>::unpack_row(row, codes); break;
-                case 2: qlm::Packing<2>::unpack_row(row, codes); break;
-            }
-            for (std::size_t p = 0; p < 192; ++p) REQUIRE(qlm::cpu::detail::code_at(r, j, p) == codes[p]);
-        }
-    }
+    for (int bits : {8, 4, 3, 2})
+        for (std::size_t n : {1, 15, 16, 17, 40})
+            for (std::size_t k : row_lengths(bits))
+                for (std::size_t gs : group_sizes(bits, k))
+                    for (bool symmetric : {true, false})
+                        with_bits(bits, [&](auto b) {
+                            constexpr int B = decltype(b)::value;
+                            const auto q = make_quant(rng, B, n, k, gs, symmetric);
+                            const auto w = q.ref();
+                            const qlm::cpu::PanelMatrix<B> p(w);
+                            INFO("bits=" << B << " n=" << n << " k=" << k << " gs=" << gs << " sym=" << symmetric);
+                            REQUIRE(p.rows() == n);
+                            REQUIRE(p.panels() == (n + 15) / 16);
+                            std::vector<std::uint8_t> codes(k);
+                            bool same = true;
+                            for (std::size_t j = 0; j < n; ++j) {
+                                w.codes_row(j, codes);
+                                for (std::size_t c = 0; c < k; ++c) same = same && p.code(j, c) == codes[c];
+                                for (std::size_t g = 0; g < k / gs; ++g)
+                                    same = same && p.scale(j, g) == w.scale(j, g) && p.zero(j, g) == w.zero(j, g);
+                            }
+                            CHECK(same);
+                            std::vector<std::uint8_t> packed(q.packed.size()), zeros(symmetric ? 0 : q.zeros.size());
+                            std::vector<float> scales(q.scales.size());
+                            p.canonical(packed, scales, zeros);
+                            CHECK(packed == q.packed);
+                            CHECK(scales == q.scales);
+                            if (!symmetric) CHECK(zeros == q.zeros);
+                            // The canonical bytes at Bits per code, rounded up to whole panels and load steps.
+                            const std::size_t rows = p.panels() * 16, groups = k / gs;
+                            CHECK(p.storage_bytes() == rows * p.padded_cols() * B / 8 + rows * groups * (symmetric ? 4 : 5));
+                        });
 }
 
-TEST_CASE("gemm_quant: every path matches the scalar reference (bits 8/4/3/2, groups, zeros, bias)") {
+TEST_CASE("gemm_wo (float activations): every path matches the scalar reference (bits 8/4/3/2, groups, zeros, bias)") {
     std::mt19937 rng(77);
     ThreadPool pool(2);
-    for (int bits : {8, 4, 3, 2}) {
-        std::vector<std::size_t> ks = {64, 128, 192, 768};
-        if (bits == 8) ks.insert(ks.end(), {1, 13, 100});
-        for (std::size_t k : ks)
-            for (std::size_t gs : {std::size_t{32}, std::size_t{64}, std::size_t{128}, k}) {
-                if (gs > k || k % gs != 0 || (gs == k && gs <= 128 && gs != 13 && gs != 1 && gs != 100)) continue;
+    for (int bits : {8, 4, 3, 2})
+        for (std::size_t k : row_lengths(bits))
+            for (std::size_t gs : group_sizes(bits, k))
                 for (bool symmetric : {true, false}) {
                     std::size_t c = 0;
-                    for (auto [m, n] : kMNs) {
-                        const auto q = make_quant(rng, bits, n, k, gs, symmetric);
-                        const auto w = q.ref();
-                        const auto x = random_floats(rng, m * k);
-                        const auto bias = random_floats(rng, n);
-                        const float* b = (c++ % 2) ? bias.data() : nullptr;
-                        std::vector<float> want(m * n);
-                        qlm::cpu::reference::gemm_quant(x.data(), m, w, b, want.data());
-                        const auto mag = quant_magnitude(x, m, w, b);
-                        for (Isa isa : fast_isas()) {
-                            std::vector<float> got(m * n, 12345.0f);
-                            qlm::cpu::gemm_quant(pool, x.data(), m, w, b, got.data(), isa);
-                            check_close(got, want, mag, 1e-5,
-                                        std::string(qlm::cpu::isa_name(isa)) + " bits=" + std::to_string(bits) + " m=" +
-                                            std::to_string(m) + " n=" + std::to_string(n) + " k=" + std::to_string(k) +
-                                            " gs=" + std::to_string(gs) + " sym=" + std::to_string(symmetric));
-                        }
+                    for (auto [m, n] : kMNs)
+                        with_bits(bits, [&](auto b) {
+                            constexpr int B = decltype(b)::value;
+                            const auto q = make_quant(rng, B, n, k, gs, symmetric);
+                            const auto w = q.ref();
+                            const qlm::cpu::PanelMatrix<B> p(w);
+                            const auto x = random_floats(rng, m * k);
+                            const auto bias = random_floats(rng, n);
+                            const float* bp = (c++ % 2) ? bias.data() : nullptr;
+                            std::vector<float> want(m * n);
+                            qlm::cpu::reference::gemm_quant(x.data(), m, w, bp, want.data());
+                            const auto mag = quant_magnitude(x, m, w, bp);
+                            for (Isa isa : fast_isas()) {
+                                std::vector<float> got(m * n, 12345.0f);
+                                qlm::cpu::linear_wo(pool, x.data(), m, p, bp, got.data(), isa);
+                                check_close(got, want, mag, 1e-5,
+                                            std::string(qlm::cpu::isa_name(isa)) + " bits=" + std::to_string(B) + " m=" +
+                                                std::to_string(m) + " n=" + std::to_string(n) + " k=" + std::to_string(k) +
+                                                " gs=" + std::to_string(gs) + " sym=" + std::to_string(symmetric));
+                            }
+                        });
+                }
+}
+
+TEST_CASE("quantize_activations: every path gives the reference's int8 values, scales and group sums") {
+    std::mt19937 rng(8);
+    ThreadPool pool(2);
+    for (std::size_t k : {3, 16, 100, 768})
+        for (std::size_t m : {1, 2, 7, 200})
+            for (float static_scale : {0.0f, 0.004f}) {
+                auto x = random_floats(rng, m * k, -0.6f, 0.6f);
+                for (std::size_t p = 0; p < k; ++p) x[p] = 0.0f;  // an all-zero row: scale 0, codes 0
+                std::vector<std::int8_t> want(m * k);
+                std::vector<float> want_scales(m);
+                qlm::cpu::reference::quantize_activations(x.data(), m, k, static_scale, want.data(), want_scales.data());
+                for (Isa isa : fast_isas()) {
+                    INFO(qlm::cpu::isa_name(isa) << " k=" << k << " m=" << m << " static=" << static_scale);
+                    std::vector<std::int8_t> got(m * k);
+                    std::vector<float> scales(m), sums(m);
+                    qlm::cpu::quantize_activations(pool, x.data(), m, k, k, static_scale, got.data(), scales.data(), sums.data(), isa);
+                    CHECK(got == want);
+                    CHECK(scales == want_scales);
+                    bool sums_ok = true;
+                    for (std::size_t i = 0; i < m; ++i) {
+                        std::int32_t s = 0;
+                        for (std::size_t p = 0; p < k; ++p) s += want[i * k + p];
+                        sums_ok = sums_ok && sums[i] == static_cast<float>(s);
                     }
+                    CHECK(sums_ok);
                 }
             }
-    }
-}
-
-TEST_CASE("gemm_quant: bitwise identical for 1, 2 and 3 threads") {
-    std::mt19937 rng(11);
-    ThreadPool p1(1), p2(2), p3(3);
-    for (int bits : {8, 4, 3, 2})
-        for (std::size_t m : {1, 130})
-            for (Isa isa : fast_isas()) {
-                const std::size_t n = 300, k = 768;
-                const auto q = make_quant(rng, bits, n, k, 128, false);
-                const auto x = random_floats(rng, m * k);
-                const auto bias = random_floats(rng, n);
-                std::vector<float> y1(m * n), y2(m * n), y3(m * n);
-                qlm::cpu::gemm_quant(p1, x.data(), m, q.ref(), bias.data(), y1.data(), isa);
-                qlm::cpu::gemm_quant(p2, x.data(), m, q.ref(), bias.data(), y2.data(), isa);
-                qlm::cpu::gemm_quant(p3, x.data(), m, q.ref(), bias.data(), y3.data(), isa);
-                INFO(qlm::cpu::isa_name(isa) << " bits=" << bits << " m=" << m);
-                CHECK(bitwise_equal(y1, y2));
-                CHECK(bitwise_equal(y1, y3));
-            }
-}
-
-TEST_CASE("quantize_activations_s8: dynamic per row and static per tensor") {
+    // Rounding and clamping, by hand.
     const float x[6] = {0.5f, -1.0f, 0.25f, 0.0f, 0.0f, 0.0f};
     std::int8_t q[6];
     float s[2];
-    qlm::cpu::quantize_activations_s8(x, 2, 3, q, s);
+    qlm::cpu::reference::quantize_activations(x, 2, 3, 0.0f, q, s);
     CHECK(s[0] == doctest::Approx(1.0f / 127));
     CHECK(q[1] == -127);
     CHECK(q[0] == 64);  // 63.5 rounds to even
     CHECK(s[1] == 0.0f);
     CHECK(q[3] == 0);
-    qlm::cpu::quantize_activations_s8(x, 2, 3, q, s, 0.002f);
+    qlm::cpu::reference::quantize_activations(x, 2, 3, 0.002f, q, s);
     CHECK(s[0] == 0.002f);
     CHECK(q[0] == 127);  // clamped
     CHECK(q[1] == -127);
-    std::int32_t sums[2];
-    qlm::cpu::activation_group_sums(q, 2, 3, 3, sums);
-    CHECK(sums[0] == 127 - 127 + q[2]);
 }
 
-TEST_CASE("gemm_w8a8: every path is bitwise equal to the integer scalar reference") {
+TEST_CASE("gemm_a8 (int8 activations): every path matches the exact integer reference, which approximates the float product") {
     std::mt19937 rng(2024);
-    ThreadPool pool(2), p3(3), p1(1);
-    for (std::size_t k : {1, 13, 64, 100, 128, 192, 768})
-        for (std::size_t gs : {std::size_t{32}, std::size_t{64}, std::size_t{128}, k}) {
-            if (gs > k || k % gs != 0 || (gs == k && gs <= 128 && gs != 13 && gs != 1 && gs != 100)) continue;
-            for (bool symmetric : {true, false}) {
-                std::size_t c = 0;
-                for (auto [m, n] : kMNs) {
-                    const auto q = make_quant(rng, 8, n, k, gs, symmetric);
-                    const auto w = q.ref();
-                    const auto x = random_floats(rng, m * k);
-                    const auto bias = random_floats(rng, n);
-                    const float* b = (c++ % 2) ? bias.data() : nullptr;
-                    std::vector<std::int8_t> xq(m * k);
-                    std::vector<float> xs(m);
-                    qlm::cpu::quantize_activations_s8(x.data(), m, k, xq.data(), xs.data());
-                    std::vector<std::int32_t> sums(m * (k / gs));
-                    qlm::cpu::activation_group_sums(xq.data(), m, k, gs, sums.data());
-                    std::vector<float> want(m * n);
-                    qlm::cpu::reference::gemm_w8a8(xq.data(), xs.data(), nullptr, m, w, b, want.data());
-                    // And it approximates the float product (activation quantization error only).
-                    std::vector<float> fl(m * n);
-                    qlm::cpu::reference::gemm_quant(x.data(), m, w, b, fl.data());
-                    const auto mag = quant_magnitude(x, m, w, b);
-                    check_close(want, fl, mag, 0.02, "w8a8 vs float");
-                    for (Isa isa : fast_isas()) {
-                        INFO(qlm::cpu::isa_name(isa) << " m=" << m << " n=" << n << " k=" << k << " gs=" << gs
-                                                     << " sym=" << symmetric);
-                        std::vector<float> got(m * n, 12345.0f), got3(m * n), got1(m * n);
-                        qlm::cpu::gemm_w8a8(pool, xq.data(), xs.data(), sums.data(), m, w, b, got.data(), isa);
-                        CHECK(bitwise_equal(got, want));
-                        qlm::cpu::gemm_w8a8(p3, xq.data(), xs.data(), nullptr, m, w, b, got3.data(), isa);
-                        CHECK(bitwise_equal(got3, want));
-                        qlm::cpu::gemm_w8a8(p1, xq.data(), xs.data(), nullptr, m, w, b, got1.data(), isa);
-                        CHECK(bitwise_equal(got1, want));
+    ThreadPool pool(2);
+    for (int bits : {8, 4, 3, 2})
+        for (std::size_t k : row_lengths(bits))
+            for (std::size_t gs : group_sizes(bits, k))
+                for (bool symmetric : {true, false}) {
+                    std::size_t c = 0;
+                    for (auto [m, n] : kMNs)
+                        with_bits(bits, [&](auto b) {
+                            constexpr int B = decltype(b)::value;
+                            const auto q = make_quant(rng, B, n, k, gs, symmetric);
+                            const auto w = q.ref();
+                            const qlm::cpu::PanelMatrix<B> p(w);
+                            const auto x = random_floats(rng, m * k);
+                            const auto bias = random_floats(rng, n);
+                            const float* bp = (c++ % 2) ? bias.data() : nullptr;
+                            std::vector<std::int8_t> xq(m * k);
+                            std::vector<float> xs(m), xd(m * k);
+                            qlm::cpu::reference::quantize_activations(x.data(), m, k, 0.0f, xq.data(), xs.data());
+                            for (std::size_t i = 0; i < m * k; ++i) xd[i] = xq[i] * xs[i / k];
+                            std::vector<float> want(m * n), fl(m * n);
+                            qlm::cpu::reference::gemm_a8(xq.data(), xs.data(), m, w, bp, want.data());
+                            qlm::cpu::reference::gemm_quant(x.data(), m, w, bp, fl.data());
+                            const auto mag = quant_magnitude(xd, m, w, bp);
+                            // Rounding moves each activation by at most half a step: |Δy| <= xs/2 · Σ|w|.
+                            const auto wd = dequantized(w);
+                            std::size_t beyond = 0;
+                            for (std::size_t i = 0; i < m; ++i)
+                                for (std::size_t j = 0; j < n; ++j) {
+                                    double wsum = 0;
+                                    for (std::size_t p2 = 0; p2 < k; ++p2) wsum += std::fabs(wd[j * k + p2]);
+                                    const double bound = 0.5 * xs[i] * wsum * (1 + 1e-4) + 1e-4 * mag[i * n + j];
+                                    beyond += std::fabs(static_cast<double>(want[i * n + j]) - fl[i * n + j]) > bound;
+                                }
+                            CHECK_MESSAGE(beyond == 0, "int8 activations vs float: outside the rounding bound");
+                            for (Isa isa : fast_isas()) {
+                                std::vector<float> got(m * n, 12345.0f);
+                                qlm::cpu::linear_a8(pool, x.data(), m, p, bp, got.data(), 0.0f, isa);
+                                check_close(got, want, mag, 1e-5,
+                                            std::string(qlm::cpu::isa_name(isa)) + " bits=" + std::to_string(B) + " m=" +
+                                                std::to_string(m) + " n=" + std::to_string(n) + " k=" + std::to_string(k) +
+                                                " gs=" + std::to_string(gs) + " sym=" + std::to_string(symmetric));
+                            }
+                        });
+                }
+}
+
+TEST_CASE("gemm_a8 with a static activation scale clamps like the reference") {
+    std::mt19937 rng(6);
+    ThreadPool pool(2);
+    const std::size_t m = 5, n = 40, k = 128;
+    const auto q = make_quant(rng, 8, n, k, k, true);
+    const qlm::cpu::PanelMatrix<8> p(q.ref());
+    const auto x = random_floats(rng, m * k, -2.0f, 2.0f);
+    const float scale = 0.01f;  // |x| / scale reaches 200: clamped at 127
+    std::vector<std::int8_t> xq(m * k);
+    std::vector<float> xs(m), want(m * n), xd(m * k);
+    qlm::cpu::reference::quantize_activations(x.data(), m, k, scale, xq.data(), xs.data());
+    for (std::size_t i = 0; i < m * k; ++i) xd[i] = xq[i] * xs[i / k];
+    qlm::cpu::reference::gemm_a8(xq.data(), xs.data(), m, q.ref(), nullptr, want.data());
+    const auto mag = quant_magnitude(xd, m, q.ref(), nullptr);
+    for (Isa isa : fast_isas()) {
+        std::vector<float> got(m * n);
+        qlm::cpu::linear_a8(pool, x.data(), m, p, nullptr, got.data(), scale, isa);
+        check_close(got, want, mag, 1e-5, std::string("static scale ") + qlm::cpu::isa_name(isa));
+    }
+}
+
+TEST_CASE("quantized kernels: bitwise identical for 1, 2 and 3 threads") {
+    std::mt19937 rng(11);
+    ThreadPool p1(1), p2(2), p3(3);
+    for (int bits : {8, 4, 3, 2})
+        for (std::size_t m : {1, 3, 130})
+            with_bits(bits, [&](auto b) {
+                constexpr int B = decltype(b)::value;
+                const std::size_t n = 300, k = 768;
+                const auto q = make_quant(rng, B, n, k, 128, false);
+                const qlm::cpu::PanelMatrix<B> p(q.ref());
+                const auto x = random_floats(rng, m * k);
+                const auto bias = random_floats(rng, n);
+                for (Isa isa : fast_isas()) {
+                    INFO(qlm::cpu::isa_name(isa) << " bits=" << B << " m=" << m);
+                    for (bool int8 : {false, true}) {
+                        std::vector<float> y1(m * n), y2(m * n), y3(m * n);
+                        auto run = [&](ThreadPool& pool, std::vector<float>& y) {
+                            if (int8) qlm::cpu::linear_a8(pool, x.data(), m, p, bias.data(), y.data(), 0.0f, isa);
+                            else qlm::cpu::linear_wo(pool, x.data(), m, p, bias.data(), y.data(), isa);
+                        };
+                        run(p1, y1), run(p2, y2), run(p3, y3);
+                        CHECK(bitwise_equal(y1, y2));
+                        CHECK(bitwise_equal(y1, y3));
                     }
                 }
-            }
-        }
+            });
 }
 
 TEST_CASE("bad arguments are reported") {
-    ThreadPool pool(1);
-    QuantCase q{4, 2, 64, 64, true, std::vector<std::uint8_t>(64), {}, std::vector<float>(2, 1.0f)};
-    auto w = q.ref();
-    std::vector<float> x(64), y(2);
-    w.group_size = 48;
-    CHECK_THROWS_AS(qlm::cpu::gemm_quant(pool, x.data(), 1, w, nullptr, y.data()), qlm::shape_error);
-    w.group_size = 64;
-    w.bits = 5;
-    CHECK_THROWS_AS(qlm::cpu::gemm_quant(pool, x.data(), 1, w, nullptr, y.data()), qlm::invalid_argument);
-    w.bits = 4;
-    std::vector<std::int8_t> xq(64);
-    float xs = 1.0f;
-    CHECK_THROWS_AS(qlm::cpu::gemm_w8a8(pool, xq.data(), &xs, nullptr, 1, w, nullptr, y.data()), qlm::invalid_argument);
-}
-
-TEST_CASE("linear front door routes by weight kind") {
     std::mt19937 rng(3);
-    ThreadPool pool(2);
-    const std::size_t m = 3, n = 33, k = 128;
-    const auto x = random_floats(rng, m * k);
-    const auto wf = random_floats(rng, n * k);
-    std::vector<float> a(m * n), b(m * n);
-    qlm::cpu::linear(pool, x.data(), m, k, wf.data(), n, nullptr, a.data());
-    qlm::cpu::gemm_f32(pool, x.data(), m, k, wf.data(), n, nullptr, b.data());
-    CHECK(bitwise_equal(a, b));
-    const auto q4 = make_quant(rng, 4, n, k, 64, false);
-    qlm::cpu::linear(pool, x.data(), m, q4.ref(), nullptr, a.data());
-    qlm::cpu::gemm_quant(pool, x.data(), m, q4.ref(), nullptr, b.data());
-    CHECK(bitwise_equal(a, b));
-    const auto q8 = make_quant(rng, 8, n, k, k, true);
-    qlm::cpu::linear_w8a8(pool, x.data(), m, q8.ref(), nullptr, a.data());
-    std::vector<std::int8_t> xq(m * k);
-    std::vector<float> xs(m);
-    qlm::cpu::quantize_activations_s8(x.data(), m, k, xq.data(), xs.data());
-    qlm::cpu::reference::gemm_w8a8(xq.data(), xs.data(), nullptr, m, q8.ref(), nullptr, b.data());
-    CHECK(bitwise_equal(a, b));
+    auto q = make_quant(rng, 4, 2, 64, 64, true);
+    auto w = q.ref();
+    w.group_size = 48;
+    CHECK_THROWS_AS(qlm::cpu::PanelMatrix<4>{w}, qlm::shape_error);
+    w.group_size = 64;
+    CHECK_THROWS_AS(qlm::cpu::PanelMatrix<8>{w}, qlm::invalid_argument);  // 4-bit codes
+    auto q8 = make_quant(rng, 8, 2, 64, 64, true);
+    auto w8 = q8.ref();
+    w8.group_size = 2;  // groups must hold whole 4-column load steps (a per-channel row may not)
+    CHECK_THROWS_AS(qlm::cpu::PanelMatrix<8>{w8}, qlm::shape_error);
+    ThreadPool pool(1);
+    const qlm::cpu::PanelMatrix<4> p(q.ref());
+    std::vector<float> x(64), y(2), sums(2);
+    std::vector<std::int8_t> xq(64);
+    CHECK_THROWS_AS(qlm::cpu::gemm_a8(pool, xq.data(), nullptr, sums.data(), 1, p, nullptr, y.data()), qlm::invalid_argument);
+    CHECK_THROWS_AS(qlm::cpu::linear_wo(pool, nullptr, 1, p, nullptr, y.data()), qlm::invalid_argument);
+    CHECK_THROWS_AS(qlm::cpu::quantize_activations(pool, x.data(), 1, 64, 48, 0.0f, xq.data(), y.data(), sums.data()),
+                    qlm::shape_error);
 }

@@ -271,8 +271,8 @@ void check_known(const qlm::LoadedModel& loaded, const Built& b, bool expect_sym
             CAPTURE(name);
             const auto& known = b.layers.at(name);
             const auto& any = qlm::linear_of(loaded.model.blocks()[i], slot);
-            REQUIRE(any.holds<qlm::QuantLinear>());
-            const auto& layer = any.get<qlm::QuantLinear>();
+            REQUIRE(any.holds<qlm::AnyQuantLinear>());
+            const auto& layer = any.get<qlm::AnyQuantLinear>();
             CHECK(layer.weight().symmetric() == expect_symmetric);
             CHECK(layer.input_order().empty() == !(desc_act && known.groups > 1));
             const auto w = layer.dequantize();
@@ -287,12 +287,12 @@ void check_known(const qlm::LoadedModel& loaded, const Built& b, bool expect_sym
         }
 }
 
-// (code, zero, scale) of every weight of a QuantLinear, in the original input order.
+// (code, zero, scale) of every weight of a quantized layer, in the original input order.
 struct Elem {
     int code, zero;
     float scale;
 };
-std::vector<Elem> elements(const qlm::QuantLinear& l) {
+std::vector<Elem> elements(const qlm::AnyQuantLinear& l) {
     const auto& w = l.weight();
     const std::size_t N = w.rows(), K = w.cols();
     std::vector<Elem> out(N * K);
@@ -314,12 +314,12 @@ qlm::GPT2Model<qlm::AnyLinear> with_fp16_scales(const qlm::GPT2Model<qlm::AnyLin
     for (auto& b : blocks)
         for (const auto slot : qlm::kLinearSlots) {
             auto& any = qlm::linear_of(b, slot);
-            const auto& q = any.get<qlm::QuantLinear>();
-            std::vector<float> s(q.weight().scales().begin(), q.weight().scales().end());
+            const auto& q = any.get<qlm::AnyQuantLinear>();
+            const qlm::AnyQuantTensor w = q.weight();
+            std::vector<float> s(w.scales().begin(), w.scales().end());
             for (auto& v : s) v = fp16_round(v);
-            auto t = qlm::AnyQuantTensor::from_parts(q.weight().spec(), q.weight().rows(), q.weight().cols(), q.weight().packed(), s,
-                                                     q.weight().zeros());
-            any = qlm::QuantLinear(std::move(t), q.bias(), q.input_order());
+            auto t = qlm::AnyQuantTensor::from_parts(w.spec(), w.rows(), w.cols(), w.packed(), s, w.zeros());
+            any = qlm::AnyQuantLinear(std::move(t), q.bias(), q.input_order());
         }
     return qlm::GPT2Model<qlm::AnyLinear>(m.config(), m.wte(), m.wpe(), std::move(blocks), m.ln_f(), m.untied_head());
 }
@@ -521,14 +521,14 @@ TEST_CASE("qlm -> save_autogptq -> load_autogptq keeps codes and zeros, scales t
         CHECK(qc.at("group_size") == (c.spec.granularity == GK::per_group ? static_cast<long long>(c.spec.group_size) : -1));
         CHECK(qc.at("sym") == c.spec.symmetric);
         CHECK(qc.at("checkpoint_format") == c.format);
-        const bool has_order = !q.model.blocks()[0].c_fc.get<qlm::QuantLinear>().input_order().empty();
+        const bool has_order = !q.model.blocks()[0].c_fc.get<qlm::AnyQuantLinear>().input_order().empty();
         CHECK(has_order == (c.act_order && c.spec.granularity == GK::per_group));
         CHECK(qc.at("desc_act") == has_order);
         {
             const auto f = qlm::SafetensorsFile::open(dir / "model.safetensors");
             CHECK(f.contains("transformer.wte.weight"));
             CHECK(f.info("transformer.wte.weight").dtype == DType::F32);
-            const auto& layer = q.model.blocks()[1].c_fc.get<qlm::QuantLinear>();
+            const auto& layer = q.model.blocks()[1].c_fc.get<qlm::AnyQuantLinear>();
             const auto el = elements(layer);
             const std::size_t K = layer.in_features(), N = layer.out_features(), G = layer.weight().group_size();
             const std::size_t ub = static_cast<std::size_t>(c.spec.bits);
@@ -579,8 +579,8 @@ TEST_CASE("qlm -> save_autogptq -> load_autogptq keeps codes and zeros, scales t
         for (std::size_t i = 0; i < q.model.blocks().size(); ++i)
             for (const auto slot : qlm::kLinearSlots) {
                 CAPTURE(i);
-                const auto& a = qlm::linear_of(q.model.blocks()[i], slot).get<qlm::QuantLinear>();
-                const auto& b = qlm::linear_of(loaded.model.blocks()[i], slot).get<qlm::QuantLinear>();
+                const auto& a = qlm::linear_of(q.model.blocks()[i], slot).get<qlm::AnyQuantLinear>();
+                const auto& b = qlm::linear_of(loaded.model.blocks()[i], slot).get<qlm::AnyQuantLinear>();
                 CHECK(b.weight().spec() == a.weight().spec());
                 CHECK(b.input_order().empty() == a.input_order().empty());
                 const auto ea = elements(a), eb = elements(b);
@@ -643,12 +643,12 @@ TEST_CASE("save_autogptq: fp16 floats, float layers, zero point 0, and what it r
     }
     SUBCASE("zero point 0: refused by 'gptq' (z - 1 = -1), kept by 'gptq_v2'") {
         auto blocks = q.model.blocks();
-        const auto& ql = blocks[0].c_attn.get<qlm::QuantLinear>();
-        std::vector<std::uint8_t> zeros(ql.weight().zeros().begin(), ql.weight().zeros().end());
+        const auto& ql = blocks[0].c_attn.get<qlm::AnyQuantLinear>();
+        const qlm::AnyQuantTensor w = ql.weight();
+        std::vector<std::uint8_t> zeros(w.zeros().begin(), w.zeros().end());
         zeros[3] = 0;
-        blocks[0].c_attn = qlm::QuantLinear(qlm::AnyQuantTensor::from_parts(ql.weight().spec(), ql.weight().rows(), ql.weight().cols(),
-                                                                            ql.weight().packed(), ql.weight().scales(), zeros),
-                                            ql.bias());
+        blocks[0].c_attn = qlm::AnyQuantLinear(qlm::AnyQuantTensor::from_parts(w.spec(), w.rows(), w.cols(), w.packed(), w.scales(), zeros),
+                                               ql.bias());
         const qlm::GPT2Model<qlm::AnyLinear> m(q.model.config(), q.model.wte(), q.model.wpe(), blocks, q.model.ln_f());
         const auto dir = temp_dir("zero0");
         CHECK_THROWS_WITH_AS(qlm::save_autogptq(m, q.info, dir), doctest::Contains("gptq_v2"), qlm::invalid_argument);
@@ -656,7 +656,7 @@ TEST_CASE("save_autogptq: fp16 floats, float layers, zero point 0, and what it r
         so.checkpoint_format = "gptq_v2";
         qlm::save_autogptq(m, q.info, dir, {}, so);
         const auto loaded = qlm::load_autogptq(dir);
-        CHECK(loaded.model.blocks()[0].c_attn.get<qlm::QuantLinear>().weight().zero(0, 3) == 0);
+        CHECK(loaded.model.blocks()[0].c_attn.get<qlm::AnyQuantLinear>().weight().zero(0, 3) == 0);
         fs::remove_all(dir);
     }
     SUBCASE("a quantized tied head is written as its dequantized float wte") {
@@ -670,7 +670,7 @@ TEST_CASE("save_autogptq: fp16 floats, float layers, zero point 0, and what it r
         const auto stats = qlm::save_autogptq(h.model, h.info, dir);
         CHECK(stats.head_dequantized);
         const auto loaded = qlm::load_autogptq(dir);
-        const auto head = h.model.tied_head()->get<qlm::QuantLinear>().dequantize();
+        const auto head = h.model.tied_head()->get<qlm::AnyQuantLinear>().dequantize();
         CHECK(std::equal(head.span().begin(), head.span().end(), loaded.model.wte().span().begin(), loaded.model.wte().span().end()));
         CHECK(relative_error(last_logits(pool, loaded.model), last_logits(pool, h.model)) < 8.0 * std::ldexp(1.0, -11));
         fs::remove_all(dir);

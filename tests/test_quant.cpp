@@ -1,8 +1,8 @@
-// Tests for quant/scheme.hpp, quant/packing.hpp, quant/quant_tensor.hpp and quant/rtn.hpp.
+// Tests for quant/scheme.hpp, core/packed_matrix.hpp, quant/quant_tensor.hpp and quant/rtn.hpp.
 #include <doctest/doctest.h>
 
 #include <qlm/core/thread_pool.hpp>
-#include <qlm/quant/packing.hpp>
+#include <qlm/core/packed_matrix.hpp>
 #include <qlm/quant/quant_tensor.hpp>
 #include <qlm/quant/rtn.hpp>
 #include <qlm/quant/scheme.hpp>
@@ -36,7 +36,7 @@ static_assert(!ValidScheme<3, PerGroup<32>, Symmetric>);
 static_assert(!ValidScheme<2, PerGroup<32>, Asymmetric>);
 static_assert(!ValidScheme<4, PerGroup<48>, Symmetric>);
 static_assert(!ValidScheme<8, PerGroup<16>, Symmetric>);
-static_assert(!ValidScheme<4, PerGroup<0>, Symmetric>);
+static_assert(ValidScheme<4, PerGroup<dynamic_group>, Symmetric>);  // group size chosen at run time
 static_assert(!ValidScheme<4, int, Symmetric>);
 static_assert(!ValidScheme<4, PerChannel, int>);
 

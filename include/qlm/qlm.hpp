@@ -15,6 +15,6 @@
 #include <qlm/model/quantize.hpp>
 #include <qlm/model/load_gpt2.hpp>
 #include <qlm/model/random_weights.hpp>
-#include <qlm/quant/packing.hpp>
+#include <qlm/core/packed_matrix.hpp>
 #include <qlm/sched/sampler.hpp>
 #include <qlm/tokenizer/gpt2_tokenizer.hpp>

@@ -44,7 +44,7 @@ SizeReport size_report(const GPT2Model<Linear>& model) {
         const auto& head = *model.tied_head();
         std::string kind = "fp32";
         if constexpr (std::is_same_v<Linear, AnyLinear>)
-            if (head.template holds<QuantLinear>()) kind = to_string(head.template get<QuantLinear>().weight().spec());
+            if (const AnyQuantLinear* q = head.quantized()) kind = to_string(q->spec());
         r.tensors.push_back({"wte (tied head)", kind, head.in_features() * head.out_features(), head.weight_bytes()});
         r.other_params += head.in_features() * head.out_features();
         r.other_bytes += head.weight_bytes();
@@ -71,12 +71,14 @@ SizeReport size_report(const GPT2Model<Linear>& model) {
                     [&](const auto& l) {
                         bias_bytes = l.bias().bytes();
                         using L = std::decay_t<decltype(l)>;
-                        if constexpr (std::is_same_v<L, MixedLinear>)
-                            kind = to_string(l.base().weight().spec()) + " + " + std::to_string(l.salient_columns().size()) +
+                        if constexpr (std::is_same_v<L, MixedLinear>) {
+                            kind = to_string(l.base().spec()) + " + " + std::to_string(l.salient_columns().size()) +
                                    " salient ch. " + to_string(l.salient().spec());
-                        else if constexpr (!std::is_same_v<L, DenseLinear>)
-                            kind = to_string(l.weight().spec());
-                        if constexpr (std::is_same_v<L, W8A8Linear>) kind += l.is_static() ? " a8-static" : " a8-dynamic";
+                        } else if constexpr (std::is_same_v<L, AnyQuantLinear>) {
+                            kind = to_string(l.spec());
+                            if (l.activations() == ActQuant::int8_dynamic) kind += " a8-dynamic";
+                            if (l.activations() == ActQuant::int8_static) kind += " a8-static";
+                        }
                     },
                     layer.variant());
             } else {

@@ -79,6 +79,17 @@ inline std::string layer_prefix(std::size_t layer, LinearSlot slot) {
 
 inline std::vector<std::size_t> dims_of(const Shape& s) { return {s.dims().begin(), s.dims().end()}; }
 
+// qlm.kind of a quantized layer, by how it treats activations ("w8a8-*" predates 4-bit weights
+// with int8 activations and still names them).
+inline const char* checkpoint_kind(ActQuant a) noexcept {
+    switch (a) {
+        case ActQuant::none: return "weight-only";
+        case ActQuant::int8_dynamic: return "w8a8-dynamic";
+        case ActQuant::int8_static: return "w8a8-static";
+    }
+    return "?";
+}
+
 }  // namespace detail
 
 // Writes `model` (any mix of float and quantized layers) to `dir`; copies tokenizer files from
@@ -91,8 +102,16 @@ inline void save_checkpoint(const GPT2Model<AnyLinear>& model, const Quantizatio
     if (ec) throw io_error("qlm: cannot create " + dir.string() + ": " + ec.message());
 
     SafetensorsWriter writer;
-    std::vector<Tensor<float>> keep;  // transposed float weights must outlive write()
+    std::vector<Tensor<float>> keep;         // transposed float weights must outlive write()
+    std::vector<AnyQuantTensor> keep_quant;  // so must the canonical form of repacked layers
     auto add_float = [&](const std::string& name, const Tensor<float>& t) { writer.add(name, t); };
+    auto add_quant = [&](const std::string& name, AnyQuantTensor w) {
+        const AnyQuantTensor& k = keep_quant.emplace_back(std::move(w));
+        writer.add(name + ".qweight", DType::U8, {k.rows(), k.row_bytes()}, std::as_bytes(k.packed()));
+        writer.add(name + ".scales", DType::F32, {k.rows(), k.groups()}, std::as_bytes(k.scales()));
+        if (!k.symmetric()) writer.add(name + ".qzeros", DType::U8, {k.rows(), k.groups()}, std::as_bytes(k.zeros()));
+        writer.set_metadata("qlm.scheme." + name, to_string(k.spec()));
+    };
     if (!model.tied_head()) add_float("wte.weight", model.wte());
     add_float("wpe.weight", model.wpe());
     add_float("ln_f.weight", model.ln_f().weight);
@@ -109,58 +128,40 @@ inline void save_checkpoint(const GPT2Model<AnyLinear>& model, const Quantizatio
         for (const LinearSlot slot : kLinearSlots) {
             const std::string name = detail::layer_prefix(i, slot);
             const AnyLinear& layer = linear_of(b, slot);
-            auto add_quant = [&](const AnyQuantTensor& w, const Tensor<float>& bias) {
-                writer.add(name + ".qweight", DType::U8, {w.rows(), w.row_bytes()}, std::as_bytes(w.packed()));
-                writer.add(name + ".scales", DType::F32, {w.rows(), w.groups()}, std::as_bytes(w.scales()));
-                if (!w.symmetric()) writer.add(name + ".qzeros", DType::U8, {w.rows(), w.groups()}, std::as_bytes(w.zeros()));
-                if (bias.numel()) add_float(name + ".bias", bias);
-                writer.set_metadata("qlm.scheme." + name, to_string(w.spec()));
-            };
             if (layer.holds<DenseLinear>()) {
                 const auto& d = layer.get<DenseLinear>();
                 keep.push_back(transpose(d.weight()));  // HF Conv1D layout [in, out]
                 add_float(name + ".weight", keep.back());
                 if (d.bias().numel()) add_float(name + ".bias", d.bias());
                 writer.set_metadata("qlm.kind." + name, "float");
-            } else if (layer.holds<QuantLinear>()) {
-                const auto& q = layer.get<QuantLinear>();
-                add_quant(q.weight(), q.bias());
-                if (!q.input_order().empty())
-                    writer.add(name + ".input_order", DType::I32, {q.input_order().size()}, std::as_bytes(std::span(q.input_order())));
-                writer.set_metadata("qlm.kind." + name, "weight-only");
-            } else if (layer.holds<MixedLinear>()) {
-                const auto& q = layer.get<MixedLinear>();
-                add_quant(q.base().weight(), q.bias());
-                const AnyQuantTensor& s = q.salient();
-                writer.add(name + ".salient.qweight", DType::U8, {s.rows(), s.row_bytes()}, std::as_bytes(s.packed()));
-                writer.add(name + ".salient.scales", DType::F32, {s.rows(), s.groups()}, std::as_bytes(s.scales()));
-                if (!s.symmetric()) writer.add(name + ".salient.qzeros", DType::U8, {s.rows(), s.groups()}, std::as_bytes(s.zeros()));
-                writer.add(name + ".salient_columns", DType::I32, {q.salient_columns().size()},
-                           std::as_bytes(std::span(q.salient_columns())));
-                writer.set_metadata("qlm.scheme." + name + ".salient", to_string(s.spec()));
-                writer.set_metadata("qlm.kind." + name, "mixed");
-            } else {
-                const auto& q = layer.get<W8A8Linear>();
-                add_quant(q.weight(), q.bias());
-                if (q.is_static()) {
+            } else if (const AnyQuantLinear* q = layer.quantized()) {
+                add_quant(name, q->weight());
+                if (q->bias().numel()) add_float(name + ".bias", q->bias());
+                if (!q->input_order().empty())
+                    writer.add(name + ".input_order", DType::I32, {q->input_order().size()}, std::as_bytes(std::span(q->input_order())));
+                if (q->activations() == ActQuant::int8_static) {
                     keep.push_back(Tensor<float>(Shape{1}));
-                    keep.back().data()[0] = q.static_scale();
+                    keep.back().data()[0] = q->static_scale();
                     add_float(name + ".input_scale", keep.back());
                 }
-                writer.set_metadata("qlm.kind." + name, q.is_static() ? "w8a8-static" : "w8a8-dynamic");
+                writer.set_metadata("qlm.kind." + name, detail::checkpoint_kind(q->activations()));
+            } else {
+                const auto& mixed = layer.get<MixedLinear>();
+                add_quant(name, mixed.base().weight());
+                if (mixed.bias().numel()) add_float(name + ".bias", mixed.bias());
+                add_quant(name + ".salient", mixed.salient().weight());
+                writer.add(name + ".salient_columns", DType::I32, {mixed.salient_columns().size()},
+                           std::as_bytes(std::span(mixed.salient_columns())));
+                writer.set_metadata("qlm.kind." + name, "mixed");
             }
         }
     }
     if (model.tied_head()) {
         // The tied embedding / head, quantized: "wte" holds it under the linear-layer naming.
-        const AnyLinear& head = *model.tied_head();
-        if (!head.holds<QuantLinear>() || !head.get<QuantLinear>().input_order().empty())
+        const AnyQuantLinear* head = model.tied_head()->quantized();
+        if (!head || !head->input_order().empty() || head->activations() != ActQuant::none)
             throw invalid_argument("qlm: a tied head must be a weight-only quantized layer without input order");
-        const AnyQuantTensor& w = head.get<QuantLinear>().weight();
-        writer.add("wte.qweight", DType::U8, {w.rows(), w.row_bytes()}, std::as_bytes(w.packed()));
-        writer.add("wte.scales", DType::F32, {w.rows(), w.groups()}, std::as_bytes(w.scales()));
-        if (!w.symmetric()) writer.add("wte.qzeros", DType::U8, {w.rows(), w.groups()}, std::as_bytes(w.zeros()));
-        writer.set_metadata("qlm.scheme.wte", to_string(w.spec()));
+        add_quant("wte", head->weight());
         writer.set_metadata("qlm.kind.wte", "weight-only");
     }
     writer.set_metadata("format", "qlm");
@@ -258,7 +259,7 @@ inline LoadedModel load_checkpoint(const std::filesystem::path& dir) {
             const auto cols_view = ckpt.file_of(name + ".salient_columns").view<std::int32_t>(ckpt.resolve(name + ".salient_columns"));
             std::vector<std::int32_t> columns(cols_view.data(), cols_view.data() + cols_view.numel());
             AnyQuantTensor salient = load_quant(name + ".salient", salient_spec, columns.size());
-            return MixedLinear(QuantLinear(std::move(weight), bias), std::move(salient), std::move(columns));
+            return MixedLinear(AnyQuantLinear(std::move(weight), bias), AnyQuantLinear(std::move(salient), {}), std::move(columns));
         }
         if (kind == "weight-only") {
             std::vector<std::int32_t> order;
@@ -266,13 +267,13 @@ inline LoadedModel load_checkpoint(const std::filesystem::path& dir) {
                 const auto v = ckpt.file_of(name + ".input_order").view<std::int32_t>(ckpt.resolve(name + ".input_order"));
                 order.assign(v.data(), v.data() + v.numel());
             }
-            return QuantLinear(std::move(weight), bias, std::move(order));
+            return AnyQuantLinear(std::move(weight), bias, std::move(order));
         }
-        if (kind == "w8a8-dynamic") return W8A8Linear(std::move(weight), bias);
+        if (kind == "w8a8-dynamic") return AnyQuantLinear(std::move(weight), bias, {}, ActQuant::int8_dynamic);
         if (kind == "w8a8-static") {
             const Tensor<float> s = ckpt.load_float(name + ".input_scale", Shape{1});
             if (!(s.data()[0] > 0.0f)) throw format_error("qlm: " + f.path() + ": " + name + ".input_scale must be > 0");
-            return W8A8Linear(std::move(weight), bias, s.data()[0]);
+            return AnyQuantLinear(std::move(weight), bias, {}, ActQuant::int8_static, s.data()[0]);
         }
         throw format_error("qlm: " + f.path() + ": layer '" + name + "' has unknown kind '" + kind + "'");
     };

@@ -133,6 +133,7 @@ public:
     // The tied embedding / output head stored as a (quantized) linear layer [vocab, n_embd]; when
     // set, the float wte is dropped and embedding rows are dequantized from it.
     const std::optional<Linear>& tied_head() const noexcept { return tied_head_; }
+    std::optional<Linear>& mutable_tied_head() noexcept { return tied_head_; }
     void set_tied_head(Linear head) {
         if (untied_head_) throw invalid_argument("qlm: the model has an untied lm_head; its wte cannot become the head");
         if (head.in_features() != config_.n_embd || head.out_features() != config_.vocab_size)

@@ -124,13 +124,13 @@ inline AnyLinear load_awq_linear(const TensorSource& src, const AutoAwqConfig& c
         }
         weight.set_row(n, codes, srow, zrow);
     }
-    return QuantLinear(std::move(weight), optional_bias(src, name, N));
+    return AnyQuantLinear(std::move(weight), optional_bias(src, name, N));
 }
 
 }  // namespace detail::interop
 
 // Loads an AutoAWQ GEMM GPT-2 checkpoint (4-bit, zero points, per group or per channel). Every
-// quantized layer becomes an asymmetric QuantLinear; info.method is "awq". Other AutoAWQ versions
+// quantized layer becomes an asymmetric quantized layer; info.method is "awq". Other AutoAWQ versions
 // (gemv, marlin, ...) throw format_error naming the version.
 inline LoadedModel load_autoawq(const std::filesystem::path& dir) {
     const AutoAwqConfig cfg = AutoAwqConfig::read(dir);

@@ -340,7 +340,7 @@ struct AutoGptqConfig {
 
 namespace detail::interop {
 
-// One AutoGPTQ layer as a QuantLinear (or DenseLinear when the file holds it unquantized).
+// One AutoGPTQ layer as a quantized layer (or DenseLinear when the file holds it unquantized).
 // The qlm tensor stores the columns sorted stably by g_idx (so groups are contiguous) and
 // input_order maps them back; without a permutation input_order stays empty.
 inline AnyLinear load_gptq_linear(const TensorSource& src, const AutoGptqConfig& cfg, const std::string& name,
@@ -435,7 +435,7 @@ inline AnyLinear load_gptq_linear(const TensorSource& src, const AutoGptqConfig&
         weight.set_row(n, codes, srow,
                        symmetric ? std::span<const std::uint8_t>{} : std::span<const std::uint8_t>(zeros.data() + n * groups, groups));
     }
-    return QuantLinear(std::move(weight), optional_bias(src, name, N), std::move(order));
+    return AnyQuantLinear(std::move(weight), optional_bias(src, name, N), std::move(order));
 }
 
 }  // namespace detail::interop
@@ -494,15 +494,14 @@ inline void add_float_tensor(SafetensorsWriter& w, const std::string& name, cons
 
 // The float [vocab, n_embd] values of a tied head held as a linear layer, in input order.
 inline Tensor<float> dequantized_head(const AnyLinear& head) {
-    if (head.holds<QuantLinear>()) return head.get<QuantLinear>().dequantize();
-    if (head.holds<W8A8Linear>()) return head.get<W8A8Linear>().weight().dequantize();
+    if (const AnyQuantLinear* q = head.quantized()) return q->dequantize();
     return head.get<DenseLinear>().weight();
 }
 
-// Writes one QuantLinear as P.qweight / P.qzeros / P.scales / P.g_idx / P.bias.
-inline void write_gptq_layer(SafetensorsWriter& w, const std::string& name, const QuantLinear& layer,
+// Writes one quantized layer as P.qweight / P.qzeros / P.scales / P.g_idx / P.bias.
+inline void write_gptq_layer(SafetensorsWriter& w, const std::string& name, const AnyQuantLinear& layer,
                              const AutoGptqSaveOptions& options, AutoGptqExportStats& stats) {
-    const AnyQuantTensor& q = layer.weight();
+    const AnyQuantTensor q = layer.weight();
     const std::size_t N = q.rows(), K = q.cols(), G = q.group_size(), groups = q.groups();
     const int b = q.bits();
     const std::size_t ub = static_cast<std::size_t>(b);
@@ -607,17 +606,17 @@ inline AutoGptqExportStats save_autogptq(const GPT2Model<AnyLinear>& model, cons
         for (const LinearSlot slot : kLinearSlots) {
             const std::string name = detail::layer_prefix(i, slot);
             const AnyLinear& l = linear_of(model.blocks()[i], slot);
-            if (l.holds<W8A8Linear>())
+            if (l.quantized() && l.quantized()->activations() != ActQuant::none)
                 throw invalid_argument("qlm::save_autogptq: layer '" + name + "' is W8A8 (int8 activations); AutoGPTQ "
                                        "checkpoints hold weight-only layers");
             if (l.holds<DenseLinear>()) {
                 not_converted.push_back("transformer." + name);
                 continue;
             }
-            if (!l.holds<QuantLinear>())
+            if (!l.quantized())
                 throw invalid_argument("qlm::save_autogptq: layer '" + name + "' is a mixed-precision layer, which AutoGPTQ "
                                        "checkpoints cannot express");
-            const AnyQuantTensor& w = l.get<QuantLinear>().weight();
+            const AnyQuantTensor w = l.quantized()->weight();
             // A per-channel layer whose row is one group of G columns is the same as group_size G.
             const bool per_group = w.granularity() == GranularityKind::per_group;
             const long long columns_per_group = static_cast<long long>(per_group ? w.group_size() : w.cols());
@@ -628,7 +627,7 @@ inline AutoGptqExportStats save_autogptq(const GPT2Model<AnyLinear>& model, cons
             bits = w.bits();
             layer_groups.push_back({name, per_group, columns_per_group, to_string(w.spec())});
             sym = sym && w.symmetric();
-            desc_act = desc_act || !l.get<QuantLinear>().input_order().empty();
+            desc_act = desc_act || !l.quantized()->input_order().empty();
         }
     // group_size -1 when every layer is per channel; otherwise one G that every layer's groups match.
     for (const auto& lg : layer_groups)
@@ -669,8 +668,8 @@ inline AutoGptqExportStats save_autogptq(const GPT2Model<AnyLinear>& model, cons
         for (const LinearSlot slot : kLinearSlots) {
             const std::string name = detail::layer_prefix(i, slot);
             const AnyLinear& l = linear_of(b, slot);
-            if (l.holds<QuantLinear>()) {
-                write_gptq_layer(writer, name, l.get<QuantLinear>(), options, stats);
+            if (const AnyQuantLinear* q = l.quantized()) {
+                write_gptq_layer(writer, name, *q, options, stats);
             } else {
                 const auto& d = l.get<DenseLinear>();
                 add_float_tensor(writer, "transformer." + name + ".weight", transpose(d.weight()), fd);  // Conv1D [in, out]

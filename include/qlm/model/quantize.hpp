@@ -203,7 +203,7 @@ inline void finish_head(ThreadPool& pool, GPT2Model<AnyLinear>& model, const Qua
         info.details["head"] = "fp32";
         return;
     }
-    model.set_tied_head(QuantLinear(quantize_rtn(model.wte().view(), int8_weight_spec(), pool, options.rtn), Tensor<float>()));
+    model.set_tied_head(AnyQuantLinear(quantize_rtn(model.wte().view(), int8_weight_spec(), pool, options.rtn), Tensor<float>()));
     info.details["head"] = to_string(int8_weight_spec());
 }
 }  // namespace detail
@@ -246,7 +246,7 @@ inline QuantizeResult quantize_gpt2(ThreadPool& pool, GPT2FloatWeights weights, 
             options.on_progress({layer, blocks.size(), stage, std::chrono::duration<double>(clock::now() - t0).count()});
     };
     auto rtn_linear = [&](const DenseLinear& d) {
-        return QuantLinear(quantize_rtn(d.weight().view(), spec, pool, options.rtn), d.bias());
+        return AnyQuantLinear(quantize_rtn(d.weight().view(), spec, pool, options.rtn), d.bias());
     };
 
     if (!needs_calibration(options)) {
@@ -257,7 +257,7 @@ inline QuantizeResult quantize_gpt2(ThreadPool& pool, GPT2FloatWeights weights, 
                 if (method == "rtn")
                     layer = rtn_linear(d);
                 else
-                    layer = W8A8Linear(quantize_rtn(d.weight().view(), spec, pool, options.rtn), d.bias());
+                    layer = AnyQuantLinear(quantize_rtn(d.weight().view(), spec, pool, options.rtn), d.bias(), {}, ActQuant::int8_dynamic);
             }
             report(i, "quantized");
         }
@@ -305,7 +305,7 @@ inline QuantizeResult quantize_gpt2(ThreadPool& pool, GPT2FloatWeights weights, 
                 const DenseLinear& d = detail::dense(layer, hf_name(slot));
                 const QParams p = std::visit([](const auto& o) { return o.compute_params(8, true); }, observers[detail::slot_index(slot)]);
                 const float scale = p.scale > 0.0f ? p.scale : 1e-8f;
-                layer = W8A8Linear(quantize_rtn(d.weight().view(), spec, pool, options.rtn), d.bias(), scale);
+                layer = AnyQuantLinear(quantize_rtn(d.weight().view(), spec, pool, options.rtn), d.bias(), {}, ActQuant::int8_static, scale);
             }
             info.details["observer"] = options.observer;
             if (options.smoothquant_alpha) info.details["smoothquant_alpha"] = *options.smoothquant_alpha;
@@ -341,7 +341,7 @@ inline QuantizeResult quantize_gpt2(ThreadPool& pool, GPT2FloatWeights weights, 
                         r.g_idx[j] = static_cast<std::uint32_t>(j / r.group_size);
                     }
                 }
-                layer = QuantLinear(gptq::to_quant_tensor(r), d.bias(), std::move(order));
+                layer = AnyQuantLinear(gptq::to_quant_tensor(r), d.bias(), std::move(order));
             }
             info.details["percdamp"] = options.gptq_percdamp;
             info.details["act_order"] = options.gptq_act_order;
@@ -369,8 +369,9 @@ inline QuantizeResult quantize_gpt2(ThreadPool& pool, GPT2FloatWeights weights, 
                         base.data()[r * k + salient[j]] = 0.0f;
                     }
                 std::vector<std::int32_t> columns(salient.begin(), salient.end());
-                layer = MixedLinear(QuantLinear(quantize_rtn(base.view(), spec, pool, options.rtn), d.bias()),
-                                    quantize_rtn(part.view(), detail::int8_weight_spec(), pool, options.rtn), std::move(columns));
+                layer = MixedLinear(AnyQuantLinear(quantize_rtn(base.view(), spec, pool, options.rtn), d.bias()),
+                                    AnyQuantLinear(quantize_rtn(part.view(), detail::int8_weight_spec(), pool, options.rtn), {}),
+                                    std::move(columns));
             }
             info.details["salient_fraction"] = options.salient_fraction;
             info.details["salient_bits"] = 8;
@@ -444,7 +445,7 @@ inline QuantizeResult quantize_gpt2(ThreadPool& pool, GPT2FloatWeights weights, 
             const std::array<Tensor<float>, 4> biases{b_attn, bias_of(LinearSlot::attn_proj), bias_of(LinearSlot::c_fc),
                                                       bias_of(LinearSlot::mlp_proj)};
             for (std::size_t s = 0; s < 4; ++s)
-                linear_of(block, kLinearSlots[s]) = QuantLinear(quantize_rtn(ws[s]->view(), spec, pool, options.rtn), biases[s]);
+                linear_of(block, kLinearSlots[s]) = AnyQuantLinear(quantize_rtn(ws[s]->view(), spec, pool, options.rtn), biases[s]);
             info.details["grid"] = options.awq_grid;
             info.details["clip"] = options.awq_clip;
             info.details["folded"] = options.awq_scale_activation

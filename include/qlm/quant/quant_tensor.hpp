@@ -11,7 +11,7 @@
 // Element (r, c) dequantizes to (u - z) * s with g = c / group_size.
 #include <qlm/core/error.hpp>
 #include <qlm/core/tensor.hpp>
-#include <qlm/quant/packing.hpp>
+#include <qlm/core/packed_matrix.hpp>
 #include <qlm/quant/scheme.hpp>
 
 #include <cmath>
@@ -204,7 +204,7 @@ public:
     template <int Bits, class G, class M = Symmetric>
         requires ValidScheme<Bits, G, M>
     bool holds() const noexcept {
-        return spec_ == spec_of<Bits, G, M>();
+        return scheme_matches<Bits, G, M>(spec_);
     }
 
     template <int Bits, class G, class M>
@@ -295,34 +295,57 @@ public:
     using granularity_type = G;
     using mode_type = M;
     static constexpr bool is_symmetric = M::symmetric;
-    static constexpr QuantSpec spec = spec_of<Bits, G, M>();
+    // PerGroup<dynamic_group>: the group size is a property of each tensor, not of the type.
+    static constexpr bool has_dynamic_group = G::kind == GranularityKind::per_group && G::group_size == dynamic_group;
+    // The scheme; for a dynamic group its group_size is dynamic_group (0) and spec() has the real one.
+    static constexpr QuantSpec spec{Bits, G::kind, G::group_size, M::symmetric};
     using packing = Packing<Bits>;
 
     QuantTensor() = default;
     // Allocated [n, k], codes / scales / zeros 0; fill with set_row.
-    QuantTensor(std::size_t n, std::size_t k) : any_(spec, n, k) {}
+    QuantTensor(std::size_t n, std::size_t k)
+        requires(!has_dynamic_group)
+        : any_(spec, n, k) {}
+    QuantTensor(std::size_t n, std::size_t k, std::size_t group_size)
+        requires has_dynamic_group
+        : any_(QuantSpec{Bits, GranularityKind::per_group, group_size, M::symmetric}, n, k) {}
 
     static QuantTensor from_parts(std::size_t n, std::size_t k, std::span<const std::uint8_t> packed,
                                   std::span<const float> scales, std::span<const std::uint8_t> zeros = {},
-                                  std::string_view name = "quantized tensor") {
+                                  std::string_view name = "quantized tensor")
+        requires(!has_dynamic_group)
+    {
         return QuantTensor(AnyQuantTensor::from_parts(spec, n, k, packed, scales, zeros, name));
     }
     static QuantTensor from_parts(std::size_t n, std::size_t k, Tensor<std::uint8_t> packed, Tensor<float> scales,
-                                  Tensor<std::uint8_t> zeros = {}, std::string_view name = "quantized tensor") {
+                                  Tensor<std::uint8_t> zeros = {}, std::string_view name = "quantized tensor")
+        requires(!has_dynamic_group)
+    {
         return QuantTensor(
             AnyQuantTensor::from_parts(spec, n, k, std::move(packed), std::move(scales), std::move(zeros), name));
     }
     // Takes the storage of a run-time tensor; throws invalid_argument if its scheme differs.
     static QuantTensor from_any(AnyQuantTensor any) {
-        if (!any.empty() && any.spec() != spec)
-            throw invalid_argument("qlm::QuantTensor: the tensor holds " + to_string(any.spec()) + ", expected " +
-                                   to_string(spec));
+        if (!any.empty() && !scheme_matches<Bits, G, M>(any.spec()))
+            throw invalid_argument("qlm::QuantTensor: the tensor holds " + to_string(any.spec()) + ", expected " + scheme_name());
         return QuantTensor(std::move(any));
     }
     // Gives the storage away as a run-time tensor (also available as an implicit conversion).
     AnyQuantTensor release() && noexcept { return std::move(any_); }
     const AnyQuantTensor& any() const noexcept { return any_; }
 
+    // "w4-g128-sym"; "w4-g*-sym" for a dynamic group size.
+    static std::string scheme_name() {
+        if constexpr (has_dynamic_group) {
+            std::string s = "w";  // appends only: GCC 12's false -Wrestrict on "literal" + std::string
+            s += std::to_string(Bits);
+            s += M::symmetric ? "-g*-sym" : "-g*-asym";
+            return s;
+        } else {
+            return to_string(spec);
+        }
+    }
+    const QuantSpec& runtime_spec() const noexcept { return any_.spec(); }
     bool empty() const noexcept { return any_.empty(); }
     std::size_t rows() const noexcept { return any_.rows(); }
     std::size_t cols() const noexcept { return any_.cols(); }

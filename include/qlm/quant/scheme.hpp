@@ -14,7 +14,7 @@
 // nibbles of a 64-code block (codes 0..31) are one group and the high nibbles the next. At run time
 // K must also be a multiple of G (and of 64 for 2/3/4 bits, see packing.hpp).
 #include <qlm/core/error.hpp>
-#include <qlm/quant/packing.hpp>
+#include <qlm/core/packed_matrix.hpp>
 
 #include <charconv>
 #include <cstddef>
@@ -39,7 +39,9 @@ struct PerChannel {
     static constexpr GranularityKind kind = GranularityKind::per_channel;
     static constexpr std::size_t group_size = 0;  // "the whole row" (K)
 };
-// One scale per G consecutive input columns of a row.
+// One scale per G consecutive input columns of a row. PerGroup<dynamic_group>: the group size is
+// a run-time value (the layers a checkpoint of any group size loads into).
+inline constexpr std::size_t dynamic_group = 0;
 template <std::size_t G>
 struct PerGroup {
     static constexpr GranularityKind kind = GranularityKind::per_group;
@@ -86,7 +88,8 @@ concept QuantMode = detail::is_mode_tag<T>;
 // PerTensor / PerChannel always fit; PerGroup<G> must be a positive multiple of 32 (64 for 2/3 bits).
 template <int Bits, class G>
 concept GroupSizeFitsPacking =
-    Granularity<G> && (G::kind != GranularityKind::per_group || detail::group_size_fits_packing(Bits, G::group_size));
+    Granularity<G> && (G::kind != GranularityKind::per_group || G::group_size == dynamic_group ||
+                       detail::group_size_fits_packing(Bits, G::group_size));
 
 template <int Bits, class G, class M>
 concept ValidScheme = SupportedBits<Bits> && Granularity<G> && QuantMode<M> && GroupSizeFitsPacking<Bits, G>;
@@ -133,9 +136,18 @@ struct QuantSpec {
 };
 
 template <int Bits, class G, class M = Symmetric>
-    requires ValidScheme<Bits, G, M>
+    requires ValidScheme<Bits, G, M> && (G::kind != GranularityKind::per_group || G::group_size != dynamic_group)
 constexpr QuantSpec spec_of() noexcept {
     return QuantSpec{Bits, G::kind, G::group_size, M::symmetric};
+}
+
+// Whether a run-time spec is one the compile-time scheme <Bits, G, M> stands for (any group size
+// for PerGroup<dynamic_group>).
+template <int Bits, class G, class M>
+    requires ValidScheme<Bits, G, M>
+constexpr bool scheme_matches(const QuantSpec& spec) noexcept {
+    return spec.bits == Bits && spec.granularity == G::kind && spec.symmetric == M::symmetric &&
+           (G::kind != GranularityKind::per_group || G::group_size == dynamic_group || spec.group_size == G::group_size);
 }
 
 // Text form: "w<bits>-<granularity>-<mode>", granularity "tensor" | "channel" | "g<G>",

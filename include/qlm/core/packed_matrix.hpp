@@ -1,5 +1,7 @@
 #pragma once
-// Byte layout of packed quantization codes (documented in docs/quant-format.md).
+// Packed quantization codes: their byte layout (Packing<Bits>, documented in docs/quant-format.md)
+// and QuantMatrixRef, the non-owning view of a packed matrix. They live in core/ because both the
+// quantizers (quant/) and the kernels (backend/) build on them and neither may include the other.
 //
 // A quantized matrix has N rows (output channels) and K columns (input channels); groups run
 // along K inside a row. Codes are unsigned, u in [0, 2^Bits), and dequantize as (u - z) * s.
@@ -99,9 +101,6 @@ struct Packing {
     }
 };
 
-}  // namespace qlm
-
-namespace qlm {
 
 // A non-owning description of a packed quantized matrix [n rows, k columns], the contract
 // between the quantizers (quant/) and the kernels (backend/). Row r, group g = col / group_size
@@ -123,12 +122,16 @@ struct QuantMatrixRef {
     int zero(std::size_t row, std::size_t group) const noexcept {
         return zeros ? zeros[row * groups() + group] : (1 << (bits - 1));
     }
-    // sum_g scale(row, g) * zero(row, g) * x_group_sums[g]: the zero points' share of row's dot product
-    // with x, which the kernels subtract once per row instead of once per weight.
-    float zero_point_term(std::size_t row, const float* x_group_sums) const noexcept {
-        float t = 0.0f;
-        for (std::size_t g = 0; g < groups(); ++g) t += scales[row * groups() + g] * static_cast<float>(zero(row, g)) * x_group_sums[g];
-        return t;
+    // The k codes of row r, unpacked (bits must be 2, 3, 4 or 8).
+    void codes_row(std::size_t r, std::span<std::uint8_t> out) const {
+        const std::span<const std::uint8_t> in(packed + r * row_bytes, row_bytes);
+        switch (bits) {
+            case 2: return Packing<2>::unpack_row(in.first(Packing<2>::row_bytes(k)), out);
+            case 3: return Packing<3>::unpack_row(in.first(Packing<3>::row_bytes(k)), out);
+            case 4: return Packing<4>::unpack_row(in.first(Packing<4>::row_bytes(k)), out);
+            case 8: return Packing<8>::unpack_row(in.first(Packing<8>::row_bytes(k)), out);
+            default: throw invalid_argument("qlm: unsupported bit width " + std::to_string(bits));
+        }
     }
 };
 
