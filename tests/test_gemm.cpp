@@ -2,6 +2,7 @@
 // supports, forced, against the scalar reference, on awkward shapes; bitwise thread-count independence.
 #include <qlm/backend/cpu/gemm.hpp>
 #include <qlm/quant/packing.hpp>
+#include <qlm/quant/rtn.hpp>
 
 #include <doctest/doctest.h>
 
@@ -357,4 +358,42 @@ TEST_CASE("linear front door routes by weight kind") {
     qlm::cpu::quantize_activations_s8(x.data(), m, k, xq.data(), xs.data());
     qlm::cpu::reference::gemm_w8a8(xq.data(), xs.data(), nullptr, m, q8.ref(), nullptr, b.data());
     CHECK(bitwise_equal(a, b));
+}
+
+TEST_CASE("gemm_quant: 3-bit and 2-bit groups of 32 (half a packing block) from the quantizer, every path") {
+    // Weights from quantize_rtn (so the packed bytes are the quantizer's, not this file's packer),
+    // with the magnitude changing from one 32-column half to the next, so a kernel that applied a
+    // neighbouring group's scale or zero point would be far off. G = 96 ends groups mid-block too.
+    std::mt19937 rng(2024);
+    ThreadPool pool(2);
+    for (int bits : {3, 2})
+        for (std::size_t gs : {std::size_t{32}, std::size_t{96}})
+            for (bool symmetric : {true, false})
+                for (auto [m, n, k] : {std::tuple<std::size_t, std::size_t, std::size_t>{1, 67, 192}, {1, 256, 768},
+                                       {5, 67, 192}, {70, 130, 768}}) {
+                    const qlm::QuantSpec spec{bits, qlm::GranularityKind::per_group, gs, symmetric};
+                    qlm::Tensor<float> wf(qlm::Shape{n, k});
+                    const auto raw = random_floats(rng, n * k);
+                    for (std::size_t i = 0; i < n * k; ++i)
+                        wf.data()[i] = raw[i] * (1.0f + 4.0f * static_cast<float>((i % k) / 32 % 3)) + (symmetric ? 0.0f : 0.3f);
+                    const qlm::AnyQuantTensor q = qlm::quantize_rtn(wf.view(), spec);
+                    const qlm::QuantMatrixRef w = q.ref();
+                    const auto x = random_floats(rng, m * k);
+                    const auto bias = random_floats(rng, n);
+                    const std::string what = qlm::to_string(spec) + " m=" + std::to_string(m) + " n=" + std::to_string(n) +
+                                             " k=" + std::to_string(k);
+                    std::vector<float> want(m * n);
+                    qlm::cpu::reference::gemm_quant(x.data(), m, w, bias.data(), want.data());
+                    const auto mag = quant_magnitude(x, m, w, bias.data());
+                    // the reference reads the packed bytes as the quantizer's own dequantize() does
+                    const qlm::Tensor<float> deq = q.dequantize();
+                    std::vector<float> from_deq(m * n);
+                    qlm::cpu::reference::gemm_f32(x.data(), m, k, deq.data(), n, bias.data(), from_deq.data());
+                    check_close(want, from_deq, mag, 1e-6, "reference vs dequantize() " + what);
+                    for (Isa isa : fast_isas()) {
+                        std::vector<float> got(m * n, 12345.0f);
+                        qlm::cpu::gemm_quant(pool, x.data(), m, w, bias.data(), got.data(), isa);
+                        check_close(got, want, mag, 1e-5, std::string(qlm::cpu::isa_name(isa)) + " " + what);
+                    }
+                }
 }
