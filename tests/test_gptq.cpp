@@ -476,7 +476,9 @@ TEST_CASE("quantize_gpt2: act-order with static groups keeps the columns in thei
 
     // Block 0 sees the embeddings whatever the quantization, so its Hessians can be rebuilt here.
     const GPT2Model<AnyLinear> model = to_any_linear(random_gpt2_weights(cfg, 3));
-    const auto dense = [&](LinearSlot slot) -> const DenseLinear& { return linear_of(model.blocks()[0], slot).get<DenseLinear>(); };
+    const auto dense = [&](LinearSlot slot) -> const DenseLinear& {
+        return linear_of(model.blocks()[0], slot).get<DenseLinear>();
+    };
     std::vector<gptq::HessianAccumulator> acc;
     for (const LinearSlot slot : kLinearSlots) acc.emplace_back(dense(slot).weight().dim(1));
     qlm::detail::CalibrationRunner runner(pool, model, calibration, options.batch_samples);

@@ -414,7 +414,8 @@ inline std::vector<std::uint32_t> processing_order(const Tensor<double>& h, bool
     std::iota(order.begin(), order.end(), 0u);
     if (act_order) {
         const double* hd = h.data();
-        std::stable_sort(order.begin(), order.end(), [&](std::uint32_t a, std::uint32_t b) { return hd[a * k + a] > hd[b * k + b]; });
+        std::stable_sort(order.begin(), order.end(),
+                         [&](std::uint32_t a, std::uint32_t b) { return hd[a * k + a] > hd[b * k + b]; });
     }
     return order;
 }
