@@ -27,6 +27,7 @@ const char* kUsage = R"(usage: qlm-quantize --model DIR --method METHOD --out DI
   --observer O           int8-static: minmax | moving-average | percentile | mse (default minmax)
   --smoothquant A        int8-static: migrate activation outliers into weights with alpha A
   --act-order            gptq: quantize columns by descending Hessian diagonal
+  --static-groups        gptq: group params fixed up front, so --act-order stores no permutation
   --damp P               gptq: dampening fraction of mean(diag H) (default 0.01)
   --no-clip              awq: skip the weight clipping search
   --no-act-scale         awq: leave mlp.c_proj unscaled (no division after GELU)
@@ -49,7 +50,7 @@ void progress_bar(const qlm::QuantizeProgress& p) {
 }  // namespace
 
 int main(int argc, char** argv) try {
-    const qlm::cli::Args args(argc, argv, {"asym", "sym", "mse-clip", "act-order", "no-clip", "no-act-scale", "float-head", "verbose", "help"});
+    const qlm::cli::Args args(argc, argv, {"asym", "sym", "mse-clip", "act-order", "static-groups", "no-clip", "no-act-scale", "float-head", "verbose", "help"});
     if (args.has("help")) {
         std::fputs(kUsage, stdout);
         return 0;
@@ -67,6 +68,7 @@ int main(int argc, char** argv) try {
     options.observer = args.get("observer", "minmax");
     if (args.has("smoothquant")) options.smoothquant_alpha = args.number<float>("smoothquant", 0.5f);
     options.gptq_act_order = args.has("act-order");
+    options.gptq_static_groups = args.has("static-groups");
     options.gptq_percdamp = args.number<double>("damp", 0.01);
     options.awq_clip = !args.has("no-clip");
     options.awq_scale_activation = !args.has("no-act-scale");

@@ -28,12 +28,15 @@ static_assert(ValidScheme<4, PerGroup<128>, Symmetric>);
 static_assert(ValidScheme<4, PerGroup<32>, Asymmetric>);  // 4-bit g32: nibble halves
 static_assert(ValidScheme<8, PerGroup<32>, Symmetric>);
 static_assert(ValidScheme<3, PerGroup<64>, Symmetric>);
+static_assert(ValidScheme<3, PerGroup<32>, Symmetric>);   // 2/3-bit g32: half a 64-code block
+static_assert(ValidScheme<2, PerGroup<32>, Asymmetric>);
+static_assert(ValidScheme<3, PerGroup<96>, Asymmetric>);  // any positive multiple of 32
 static_assert(ValidScheme<2, PerTensor, Asymmetric>);
 static_assert(!ValidScheme<5, PerChannel, Symmetric>);
 static_assert(!ValidScheme<1, PerChannel, Symmetric>);
 static_assert(!ValidScheme<16, PerChannel, Symmetric>);
-static_assert(!ValidScheme<3, PerGroup<32>, Symmetric>);
-static_assert(!ValidScheme<2, PerGroup<32>, Asymmetric>);
+static_assert(!ValidScheme<3, PerGroup<16>, Symmetric>);
+static_assert(!ValidScheme<2, PerGroup<48>, Asymmetric>);
 static_assert(!ValidScheme<4, PerGroup<48>, Symmetric>);
 static_assert(!ValidScheme<8, PerGroup<16>, Symmetric>);
 static_assert(ValidScheme<4, PerGroup<dynamic_group>, Symmetric>);  // group size chosen at run time
@@ -44,7 +47,8 @@ template <int B, class G, class M>
 concept CanFormQuantTensor = requires { typename QuantTensor<B, G, M>; } && requires { QuantTensor<B, G, M>{}; };
 static_assert(CanFormQuantTensor<4, PerGroup<128>, Symmetric>);
 static_assert(!CanFormQuantTensor<5, PerChannel, Symmetric>);
-static_assert(!CanFormQuantTensor<3, PerGroup<32>, Asymmetric>);
+static_assert(CanFormQuantTensor<3, PerGroup<32>, Asymmetric>);
+static_assert(!CanFormQuantTensor<3, PerGroup<48>, Asymmetric>);
 
 static_assert(spec_of<4, PerGroup<128>, Symmetric>() == QuantSpec{4, GranularityKind::per_group, 128, true});
 static_assert(spec_of<8, PerChannel, Asymmetric>() == QuantSpec{8, GranularityKind::per_channel, 0, false});
@@ -194,7 +198,7 @@ void check_all_granularities(ThreadPool& pool, std::uint64_t seed) {
             opt.mse_clip = clip;
             check_rtn<B, PerTensor, M>(w, pool, opt);
             check_rtn<B, PerChannel, M>(w, pool, opt);
-            if constexpr (ValidScheme<B, PerGroup<32>, M>) check_rtn<B, PerGroup<32>, M>(w, pool, opt);
+            check_rtn<B, PerGroup<32>, M>(w, pool, opt);
             check_rtn<B, PerGroup<64>, M>(w, pool, opt);
             check_rtn<B, PerGroup<128>, M>(w, pool, opt);
         }
@@ -214,6 +218,8 @@ TEST_CASE("QuantSpec: to_string / parse round trip and validation") {
         {spec_of<4, PerGroup<128>, Symmetric>(), "w4-g128-sym"},
         {spec_of<4, PerGroup<32>, Asymmetric>(), "w4-g32-asym"},
         {spec_of<3, PerGroup<64>, Symmetric>(), "w3-g64-sym"},
+        {spec_of<3, PerGroup<32>, Asymmetric>(), "w3-g32-asym"},
+        {spec_of<2, PerGroup<32>, Symmetric>(), "w2-g32-sym"},
         {spec_of<2, PerChannel, Asymmetric>(), "w2-channel-asym"},
         {spec_of<8, PerChannel, Symmetric>(), "w8-channel-sym"},
         {spec_of<8, PerTensor, Asymmetric>(), "w8-tensor-asym"},
@@ -223,7 +229,7 @@ TEST_CASE("QuantSpec: to_string / parse round trip and validation") {
         CHECK(parse_quant_spec(text) == spec);
         CHECK(spec.valid());
     }
-    for (const char* bad : {"", "w4", "w4-g128", "w5-g128-sym", "w4-g48-sym", "w3-g32-sym", "w4-g0-sym", "w4-g-sym",
+    for (const char* bad : {"", "w4", "w4-g128", "w5-g128-sym", "w4-g48-sym", "w3-g16-sym", "w2-g48-sym", "w4-g0-sym", "w4-g-sym",
                             "w4-g128-signed", "x4-g128-sym", "w4-channel-sym-x", "w4-block-sym", "W4-g128-sym",
                             "w-g128-sym", "w4-g128x-sym", "w99999999999999999999-channel-sym"}) {
         INFO(bad);
@@ -231,8 +237,10 @@ TEST_CASE("QuantSpec: to_string / parse round trip and validation") {
     }
     CHECK_THROWS_AS((QuantSpec{5, GranularityKind::per_channel, 0, true}.validate()), qlm::invalid_argument);
     CHECK_THROWS_AS((QuantSpec{4, GranularityKind::per_channel, 128, true}.validate()), qlm::invalid_argument);
-    CHECK_THROWS_AS((QuantSpec{2, GranularityKind::per_group, 32, true}.validate()), qlm::invalid_argument);
-    CHECK_NOTHROW((QuantSpec{4, GranularityKind::per_group, 32, true}.validate()));
+    CHECK_THROWS_AS((QuantSpec{2, GranularityKind::per_group, 16, true}.validate()), qlm::invalid_argument);
+    CHECK_THROWS_AS((QuantSpec{3, GranularityKind::per_group, 80, true}.validate()), qlm::invalid_argument);
+    for (int bits : {2, 3, 4, 8}) CHECK_NOTHROW((QuantSpec{bits, GranularityKind::per_group, 32, true}.validate()));
+    CHECK_NOTHROW((QuantSpec{3, GranularityKind::per_group, 96, false}.validate()));
     CHECK_NOTHROW((QuantSpec{8, GranularityKind::per_group, 96, false}.validate()));
     CHECK(QuantSpec{4, GranularityKind::per_group, 128, true}.nominal_bits_per_weight(768) == doctest::Approx(4.25));
 }

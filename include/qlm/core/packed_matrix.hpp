@@ -15,6 +15,9 @@
 //          are a little-endian 64-bit mask whose bit i is bit 2 of code i.
 //  2 bits: blocks of 64 codes in 16 bytes: byte j has code j, j+16, j+32, j+48 (bits 0-1 .. 6-7).
 // 4, 3 and 2 bits need K to be a multiple of 64 (every GPT-2 width is).
+// Each block splits into two halves of 32 codes that unpack independently: codes 0..31 are the low
+// nibbles (4 bits), or bit fields 0-3 of bytes 0..15 (3 and 2 bits) plus mask bytes 16..19 (3 bits);
+// codes 32..63 the rest. This is why a group of 32 codes (half a block) fits every width.
 #include <qlm/core/error.hpp>
 
 #include <cstddef>

@@ -40,6 +40,7 @@ struct QuantizeOptions {
     std::optional<float> smoothquant_alpha;   // int8-static: migrate activation outliers into weights
     double gptq_percdamp = 0.01;
     bool gptq_act_order = false;
+    bool gptq_static_groups = false;  // group params up front from the original weights (docs/gptq.md)
     std::size_t gptq_block_size = 128;
     bool awq_clip = true;
     bool awq_scale_activation = true;  // scale mlp.c_proj too, dividing GELU's output (ScaledActivation)
@@ -323,6 +324,7 @@ inline QuantizeResult quantize_gpt2(ThreadPool& pool, GPT2FloatWeights weights, 
             g.percdamp = options.gptq_percdamp;
             g.block_size = options.gptq_block_size;
             g.act_order = options.gptq_act_order;
+            g.static_groups = options.gptq_static_groups;
             g.mse = options.rtn.mse_clip;
             g.warn = options.warn;
             for (const LinearSlot slot : kLinearSlots) {
@@ -345,6 +347,7 @@ inline QuantizeResult quantize_gpt2(ThreadPool& pool, GPT2FloatWeights weights, 
             }
             info.details["percdamp"] = options.gptq_percdamp;
             info.details["act_order"] = options.gptq_act_order;
+            info.details["static_groups"] = options.gptq_static_groups;
             info.details["block_size"] = options.gptq_block_size;
         } else if (method == "rtn") {  // mixed precision: salient input channels at 8 bits
             std::vector<std::vector<double>> abs_sum;

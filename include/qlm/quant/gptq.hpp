@@ -252,6 +252,10 @@ inline void warn(const Options& opt, const std::string& msg) {
         std::cerr << msg << '\n';
 }
 
+inline double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
 // Hinv = upper Cholesky factor U of H^-1 (H^-1 = Uᵀ U), as the reference's
 // cholesky(cholesky_inverse(cholesky(H)), upper=True), computed with one factorisation: with
 // J the reversal, J H J = L Lᵀ gives H = Ũ Ũᵀ for the upper Ũ = J L J, so H^-1 = Ũ^-ᵀ Ũ^-1 and
@@ -289,18 +293,32 @@ inline bool inverse_upper_factor(const Tensor<double>& hp, Tensor<float>& u, Thr
     return finite;
 }
 
-}  // namespace detail
+// What quantize() derives from the options and W's shape, shared by the steps below.
+struct Plan {
+    std::size_t n = 0, k = 0;
+    std::size_t group_size = 0;        // G; K for one group per output channel
+    std::size_t groups = 0;            // ceil(K / G)
+    bool per_channel = false;
+    bool static_groups = false;        // Options::static_groups, with more than one group
+    int bits = 4, maxq = 15;
+    bool symmetric = true;
+    const ClipSearch* clip = nullptr;  // MSE clipping search, or plain min/max
+    std::size_t block_size = 128;
+    std::size_t grain = 1;             // fewest rows a parallel task takes
 
-// ---- GPTQ ---------------------------------------------------------------------------------------
-// Quantizes W [N, K] with the Hessian H [K, K] (taken by value: it is permuted and damped).
-// Throws invalid_argument (bad options, NaN/Inf inputs), shape_error, or qlm::error when the
-// Hessian stays singular after the damping retries or the result is not finite.
-inline Result quantize(ThreadPool& pool, TensorView<const float> w_in, Tensor<double> h, const Options& opt = {}) {
-    if (w_in.rank() != 2) throw shape_error("qlm::gptq::quantize: expected W [N, K], found " + w_in.shape().str());
-    const std::size_t n = w_in.dim(0), k = w_in.dim(1);
+    // Per channel and with static groups, every group's params exist before the column loop and a
+    // group is G consecutive original columns; otherwise it is G consecutive processed columns.
+    bool params_up_front() const noexcept { return per_channel || static_groups; }
+    // Group of original column c, processed j-th.
+    std::size_t group_of(std::size_t j, std::size_t c) const noexcept { return (params_up_front() ? c : j) / group_size; }
+};
+
+inline void check_arguments(TensorView<const float> w, const Tensor<double>& h, const Options& opt) {
+    if (w.rank() != 2) throw shape_error("qlm::gptq::quantize: expected W [N, K], found " + w.shape().str());
+    const std::size_t k = w.dim(1);
     if (h.shape() != Shape{k, k})
         throw shape_error("qlm::gptq::quantize: expected H [" + std::to_string(k) + ", " + std::to_string(k) + "] for W " +
-                          w_in.shape().str() + ", found " + h.shape().str());
+                          w.shape().str() + ", found " + h.shape().str());
     if (opt.bits != 2 && opt.bits != 3 && opt.bits != 4 && opt.bits != 8)
         throw invalid_argument("qlm::gptq::quantize: bits must be 2, 3, 4 or 8, found " + std::to_string(opt.bits));
     if (opt.block_size == 0) throw invalid_argument("qlm::gptq::quantize: block_size must be positive");
@@ -308,209 +326,317 @@ inline Result quantize(ThreadPool& pool, TensorView<const float> w_in, Tensor<do
         throw invalid_argument("qlm::gptq::quantize: percdamp must be >= 0, found " + std::to_string(opt.percdamp));
     if (opt.mse && (opt.clip.grid <= 0 || !(opt.clip.max_shrink > 0.0f) || !(opt.clip.norm > 0.0f)))
         throw invalid_argument("qlm::gptq::quantize: clip search needs grid > 0, max_shrink > 0 and norm > 0");
+}
 
+inline void check_finite(const Tensor<double>& h) {
+    for (double v : h.span())
+        if (!std::isfinite(v)) throw invalid_argument("qlm::gptq::quantize: H holds NaN or Inf");
+}
+
+// For n, k > 0.
+inline Plan make_plan(std::size_t n, std::size_t k, const Options& opt) {
+    Plan p;
+    p.n = n;
+    p.k = k;
+    p.per_channel = opt.group_size == 0 || opt.group_size >= k;
+    p.group_size = p.per_channel ? k : opt.group_size;
+    p.groups = (k + p.group_size - 1) / p.group_size;
+    p.static_groups = opt.static_groups && !p.per_channel;
+    p.bits = opt.bits;
+    p.maxq = (1 << opt.bits) - 1;
+    p.symmetric = opt.symmetric;
+    p.clip = opt.mse ? &opt.clip : nullptr;
+    p.block_size = opt.block_size;
+    p.grain = std::max<std::size_t>(1, 8192 / k);  // ~8k weights a task
+    return p;
+}
+
+// The result's metadata and zero-initialised outputs; the steps below fill them in.
+inline Result allocate_result(const Plan& plan) {
     Result res;
-    res.bits = opt.bits;
-    res.symmetric = opt.symmetric;
-    res.rows = n;
-    res.cols = k;
-    if (n == 0 || k == 0) return res;
-    const bool per_channel = opt.group_size == 0 || opt.group_size >= k;
-    const std::size_t gsz = per_channel ? k : opt.group_size;
-    const std::size_t groups = (k + gsz - 1) / gsz;
-    res.group_size = gsz;
-    res.groups = groups;
-    const int bits = opt.bits, maxq = (1 << bits) - 1;
-    const bool sym = opt.symmetric;
-    const ClipSearch* clip = opt.mse ? &opt.clip : nullptr;
+    res.bits = plan.bits;
+    res.symmetric = plan.symmetric;
+    res.rows = plan.n;
+    res.cols = plan.k;
+    res.group_size = plan.group_size;
+    res.groups = plan.groups;
+    res.codes = Tensor<std::uint8_t>(Shape{plan.n, plan.k});
+    res.scales = Tensor<float>(Shape{plan.n, plan.groups});
+    if (!plan.symmetric) res.zeros = Tensor<std::uint8_t>(Shape{plan.n, plan.groups});
+    return res;
+}
 
-    double* hd = h.data();
-    for (std::size_t i = 0; i < k * k; ++i)
-        if (!std::isfinite(hd[i])) throw invalid_argument("qlm::gptq::quantize: H holds NaN or Inf");
+// Scale / zero point of group g of row r from `values` (RTN's find_params), stored in res.
+inline QParams set_group_params(Result& res, const Plan& plan, std::size_t r, std::size_t g, std::span<const float> values) {
+    QParams p;
+    try {
+        p = find_params(values, plan.bits, plan.symmetric, plan.clip);
+    } catch (const invalid_argument&) {  // find_params' message cannot name the row
+        throw invalid_argument("qlm::gptq::quantize: row " + std::to_string(r) + " of W holds NaN or Inf");
+    }
+    res.scales.data()[r * plan.groups + g] = p.scale;
+    if (!plan.symmetric) res.zeros.data()[r * plan.groups + g] = static_cast<std::uint8_t>(p.zero_point);
+    return p;
+}
 
-    // Working copy of W (fp32, as the reference).
-    Tensor<float> w(Shape{n, k});
-    std::copy_n(w_in.data(), n * k, w.data());
-    res.codes = Tensor<std::uint8_t>(Shape{n, k});
-    res.scales = Tensor<float>(Shape{n, groups});
-    if (!sym) res.zeros = Tensor<std::uint8_t>(Shape{n, groups});
-    const std::size_t grain = std::max<std::size_t>(1, 8192 / k);
+// Params of every group of G consecutive original columns (per channel: the whole row), from w as
+// it is now: the params that exist before the column loop (Plan::params_up_front).
+inline void set_params_up_front(ThreadPool& pool, const Tensor<float>& w, Result& res, const Plan& plan) {
+    pool.parallel_for(plan.n, plan.grain, [&](std::size_t r0, std::size_t r1) {
+        for (std::size_t r = r0; r < r1; ++r)
+            for (std::size_t g = 0; g < plan.groups; ++g) {
+                const std::size_t c0 = g * plan.group_size;
+                set_group_params(res, plan, r, g, {w.row(r) + c0, std::min(plan.group_size, plan.k - c0)});
+            }
+    });
+}
 
-    // Group params (row r, group g) -> res. find_params throws on NaN / Inf.
-    const auto set_params = [&](std::size_t r, std::size_t g, std::span<const float> vals) -> QParams {
-        QParams p;
-        try {
-            p = find_params(vals, bits, sym, clip);
-        } catch (const invalid_argument&) {
-            throw invalid_argument("qlm::gptq::quantize: row " + std::to_string(r) + " of W holds NaN or Inf");
-        }
-        res.scales.data()[r * groups + g] = p.scale;
-        if (!sym) res.zeros.data()[r * groups + g] = static_cast<std::uint8_t>(p.zero_point);
-        return p;
-    };
-
-    // Per output channel: params from the whole original row (the reference does this before the
-    // dead-column step).
-    if (per_channel)
-        pool.parallel_for(n, grain, [&](std::size_t r0, std::size_t r1) {
-            for (std::size_t r = r0; r < r1; ++r) set_params(r, 0, {w.row(r), k});
-        });
-
-    // Dead inputs: H_ii == 0 -> H_ii = 1, W[:, i] = 0.
+// Inputs that calibration never saw (H_ii == 0): H_ii = 1 keeps H invertible, and W[:, i] = 0
+// makes those weights quantize to exactly 0 (the reference's `dead`). Returns how many there are.
+inline std::size_t zero_dead_columns(Tensor<double>& h, Tensor<float>& w) {
+    const std::size_t k = h.dim(0);
     std::vector<std::size_t> dead;
     for (std::size_t i = 0; i < k; ++i)
-        if (hd[i * k + i] == 0.0) {
-            hd[i * k + i] = 1.0;
+        if (h.data()[i * k + i] == 0.0) {
+            h.data()[i * k + i] = 1.0;
             dead.push_back(i);
         }
-    res.dead_columns = dead.size();
-    if (!dead.empty())
-        for (std::size_t r = 0; r < n; ++r)
-            for (std::size_t i : dead) w.row(r)[i] = 0.0f;
+    for (std::size_t r = 0; r < w.dim(0) && !dead.empty(); ++r)
+        for (std::size_t i : dead) w.row(r)[i] = 0.0f;
+    return dead.size();
+}
 
-    // Static groups: params from the (dead-zeroed) original weights, original column groups.
-    if (!per_channel && opt.static_groups)
-        pool.parallel_for(n, grain, [&](std::size_t r0, std::size_t r1) {
-            for (std::size_t r = r0; r < r1; ++r)
-                for (std::size_t g = 0; g < groups; ++g)
-                    set_params(r, g, {w.row(r) + g * gsz, std::min(gsz, k - g * gsz)});
-        });
-
-    // act_order: processing order by descending diag(H) (stable, so ties keep column order).
+// Columns by descending diag(H) with act_order (stable: ties keep column order, so dead columns,
+// whose diagonal is now 1, come last), else in order. order[j] = original column processed j-th.
+inline std::vector<std::uint32_t> processing_order(const Tensor<double>& h, bool act_order) {
+    const std::size_t k = h.dim(0);
     std::vector<std::uint32_t> order(k);
     std::iota(order.begin(), order.end(), 0u);
-    if (opt.act_order) {
+    if (act_order) {
+        const double* hd = h.data();
         std::stable_sort(order.begin(), order.end(),
                          [&](std::uint32_t a, std::uint32_t b) { return hd[a * k + a] > hd[b * k + b]; });
-        res.perm = order;
     }
-    res.g_idx.resize(k);
-    for (std::size_t j = 0; j < k; ++j)
-        res.g_idx[order[j]] = static_cast<std::uint32_t>((per_channel || opt.static_groups ? order[j] : j) / gsz);
+    return order;
+}
 
-    // Permuted H (copied into hp) and W (columns in processing order, wp).
-    Tensor<double> hp;
-    Tensor<float> wp;
-    if (opt.act_order) {
-        hp = Tensor<double>(Shape{k, k});
-        for (std::size_t i = 0; i < k; ++i)
-            for (std::size_t j = 0; j < k; ++j) hp.data()[i * k + j] = hd[order[i] * k + order[j]];
-        h = Tensor<double>();
-        wp = Tensor<float>(Shape{n, k});
-        pool.parallel_for(n, grain, [&](std::size_t r0, std::size_t r1) {
-            for (std::size_t r = r0; r < r1; ++r)
-                for (std::size_t j = 0; j < k; ++j) wp.row(r)[j] = w.row(r)[order[j]];
-        });
-        w = Tensor<float>();
-    } else {
-        hp = std::move(h);
-        wp = std::move(w);
-    }
+// g_idx[c]: the group of original column c (docs/gptq.md, "perm and g_idx").
+inline std::vector<std::uint32_t> group_index(const std::vector<std::uint32_t>& order, const Plan& plan) {
+    std::vector<std::uint32_t> g_idx(plan.k);
+    for (std::size_t j = 0; j < plan.k; ++j) g_idx[order[j]] = static_cast<std::uint32_t>(plan.group_of(j, order[j]));
+    return g_idx;
+}
 
-    // Damping, inverse, and the fallback.
+// H with rows and columns in processing order.
+inline Tensor<double> permute_hessian(const Tensor<double>& h, const std::vector<std::uint32_t>& order) {
+    const std::size_t k = h.dim(0);
+    Tensor<double> hp(Shape{k, k});
+    for (std::size_t i = 0; i < k; ++i)
+        for (std::size_t j = 0; j < k; ++j) hp.data()[i * k + j] = h.data()[order[i] * k + order[j]];
+    return hp;
+}
+
+// W with columns in processing order.
+inline Tensor<float> permute_columns(ThreadPool& pool, const Tensor<float>& w, const std::vector<std::uint32_t>& order,
+                                     std::size_t grain) {
+    const std::size_t n = w.dim(0), k = w.dim(1);
+    Tensor<float> wp(Shape{n, k});
+    pool.parallel_for(n, grain, [&](std::size_t r0, std::size_t r1) {
+        for (std::size_t r = r0; r < r1; ++r)
+            for (std::size_t j = 0; j < k; ++j) wp.row(r)[j] = w.row(r)[order[j]];
+    });
+    return wp;
+}
+
+// Hinv = U (inverse_upper_factor) of H + damp · I, damp = percdamp · mean(diag H). A Hessian that
+// is not positive definite (rank-deficient calibration, or worse) gets damping x10 (0 -> 1e-3) and
+// another try, up to max_damp_retries times, each with a warning; res records what was used.
+inline Tensor<float> damped_inverse_factor(ThreadPool& pool, Tensor<double> h, const Options& opt, Result& res) {
+    const std::size_t k = h.dim(0);
     double mean_diag = 0.0;
-    for (std::size_t i = 0; i < k; ++i) mean_diag += hp.data()[i * k + i];
+    for (std::size_t i = 0; i < k; ++i) mean_diag += h.data()[i * k + i];
     mean_diag /= static_cast<double>(k);
-    using clock = std::chrono::steady_clock;
-    const auto since = [](clock::time_point t0) { return std::chrono::duration<double>(clock::now() - t0).count(); };
-    auto t_start = clock::now();
     Tensor<float> u;
     double rel = opt.percdamp, added = 0.0;
     for (int attempt = 0;; ++attempt) {
         const double damp = rel * mean_diag;
-        for (std::size_t i = 0; i < k; ++i) hp.data()[i * k + i] += damp - added;
+        for (std::size_t i = 0; i < k; ++i) h.data()[i * k + i] += damp - added;
         added = damp;
-        if (detail::inverse_upper_factor(hp, u, &pool)) {
+        if (inverse_upper_factor(h, u, &pool)) {
             res.percdamp = rel;
             res.damp = damp;
             res.damp_retries = attempt;
-            break;
+            return u;
         }
         if (attempt >= opt.max_damp_retries)
             throw error("qlm::gptq::quantize: the Hessian [" + std::to_string(k) + ", " + std::to_string(k) +
                         "] is not positive definite even with percdamp " + std::to_string(rel) + " (after " +
                         std::to_string(attempt) + " retries)");
         const double next = rel > 0.0 ? rel * 10.0 : 1e-3;
-        detail::warn(opt, "qlm::gptq: Hessian [" + std::to_string(k) + ", " + std::to_string(k) +
-                              "] is not positive definite with percdamp " + std::to_string(rel) +
-                              "; retrying with percdamp " + std::to_string(next));
+        warn(opt, "qlm::gptq: Hessian [" + std::to_string(k) + ", " + std::to_string(k) +
+                      "] is not positive definite with percdamp " + std::to_string(rel) + "; retrying with percdamp " +
+                      std::to_string(next));
         rel = next;
     }
-    hp = Tensor<double>();
-    res.seconds_inverse = since(t_start);
-    t_start = clock::now();
+}
 
-    // Block boundaries. Without static groups, a block also ends at every group start, so a
-    // group's params always come from fully updated weights (the reference reads W, which lacks
-    // the in-block updates of the current block when G < block_size; identical when block_size | G).
+// Lazy-update blocks [bounds[b], bounds[b + 1]) of at most block_size columns. Unless the params
+// exist up front, a block also ends at every group start, so a group's params come from fully
+// updated weights (the reference reads W, which lacks the in-block updates of the current block
+// when G < block_size; the two agree when block_size divides G).
+inline std::vector<std::size_t> block_bounds(const Plan& plan) {
     std::vector<std::size_t> bounds{0};
-    while (bounds.back() < k) {
+    while (bounds.back() < plan.k) {
         const std::size_t i1 = bounds.back();
-        std::size_t i2 = std::min(k, i1 + opt.block_size);
-        if (!per_channel && !opt.static_groups) i2 = std::min(i2, (i1 / gsz + 1) * gsz);
+        std::size_t i2 = std::min(plan.k, i1 + plan.block_size);
+        if (!plan.params_up_front()) i2 = std::min(i2, (i1 / plan.group_size + 1) * plan.group_size);
         bounds.push_back(i2);
     }
-    std::size_t max_block = 0;
-    for (std::size_t b = 1; b < bounds.size(); ++b) max_block = std::max(max_block, bounds[b] - bounds[b - 1]);
+    return bounds;
+}
 
-    // The column loop. Rows are independent (each row's error feedback only touches that row), so
-    // the threads take slabs of rows and run all blocks without synchronising.
-    double loss = 0.0;
-    bool finite = true;
-    std::mutex mu;
-    const float* ud = u.data();
-    pool.parallel_for(n, std::max<std::size_t>(4, grain), [&](std::size_t r0, std::size_t r1) {
-        const std::size_t m = r1 - r0;
-        std::vector<float> err(m * max_block);
-        std::vector<QParams> cur(m);  // current group params per row
-        double local_loss = 0.0;
-        bool ok = true;
-        for (std::size_t b = 0; b + 1 < bounds.size(); ++b) {
-            const std::size_t i1 = bounds[b], i2 = bounds[b + 1], bw = i2 - i1;
-            for (std::size_t r = r0; r < r1; ++r) {
-                float* wr = wp.row(r);
-                float* er = err.data() + (r - r0) * bw;
-                std::uint8_t* codes = res.codes.row(r);
-                QParams& p = cur[r - r0];
-                if (per_channel && i1 == 0) p = {res.scale(r, 0), res.zero(r, 0)};
-                for (std::size_t j = i1; j < i2; ++j) {
-                    const std::size_t c = order[j];
-                    if (!per_channel) {
-                        if (opt.static_groups) {
-                            const std::size_t g = c / gsz;
-                            p = {res.scale(r, g), res.zero(r, g)};
-                        } else if (j % gsz == 0) {
-                            p = set_params(r, j / gsz, {wr + j, std::min(gsz, k - j)});
-                        }
-                    }
-                    const float wv = wr[j];
-                    const std::uint8_t code = quantize_code(wv, p.scale, p.zero_point, maxq);
-                    const float q = dequantize_code(code, p.scale, p.zero_point);
-                    codes[c] = code;
-                    const float* urow = ud + j * k;
-                    const float d = urow[j];
-                    const float e = (wv - q) / d;
-                    local_loss += 0.5 * static_cast<double>(e) * static_cast<double>(e);
-                    ok &= std::isfinite(e);
-                    er[j - i1] = e;
-                    wr[j] = q;
-                    for (std::size_t t = j + 1; t < i2; ++t) wr[t] -= e * urow[t];
-                }
-            }
-            // Lazy batch update: W[rows, i2:] -= Err[rows, block] · U[block, i2:]
-            if (i2 < k)
-                qlm::detail::gemm_sub<float>(m, k - i2, bw, err.data(), bw, ud + i1 * k + i2, k, wp.row(r0) + i2, k);
+// The column loop over W (processing order, updated in place) with Hinv = U, writing codes and
+// (dynamic) group params into res. Rows are independent (a row's error feedback only moves along
+// that row), so each thread takes a slab of rows and runs every block on it without synchronising.
+class ColumnLoop {
+public:
+    struct Outcome {
+        double loss = 0.0;   // Σ e² / 2, e = (w - q) / U_jj (the reference's Losses)
+        bool finite = true;  // every e was finite
+    };
+
+    ColumnLoop(const Plan& plan, Tensor<float>& w, const Tensor<float>& u, const std::vector<std::uint32_t>& order, Result& res)
+        : plan_(plan), w_(w), u_(u.data()), order_(order), res_(res), bounds_(block_bounds(plan)) {
+        for (std::size_t b = 1; b < bounds_.size(); ++b) max_block_ = std::max(max_block_, bounds_[b] - bounds_[b - 1]);
+    }
+
+    Outcome run(ThreadPool& pool) {
+        Outcome total;
+        std::mutex mu;
+        pool.parallel_for(plan_.n, std::max<std::size_t>(4, plan_.grain), [&](std::size_t r0, std::size_t r1) {
+            const Outcome slab = quantize_rows(r0, r1);
+            std::lock_guard lock(mu);
+            total.loss += slab.loss;
+            total.finite = total.finite && slab.finite;
+        });
+        return total;
+    }
+
+private:
+    // Rows [r0, r1), block by block: the block's columns one at a time, then the lazy update of the
+    // columns after it, W[rows, i2:] -= Err[rows, block] · U[block, i2:] (a GEMM).
+    Outcome quantize_rows(std::size_t r0, std::size_t r1) {
+        const std::size_t m = r1 - r0, k = plan_.k;
+        std::vector<float> err(m * max_block_);
+        std::vector<QParams> params(m);  // each row's current group params
+        Outcome out;
+        for (std::size_t b = 0; b + 1 < bounds_.size(); ++b) {
+            const std::size_t i1 = bounds_[b], i2 = bounds_[b + 1], bw = i2 - i1;
+            for (std::size_t r = r0; r < r1; ++r) quantize_block(r, i1, i2, params[r - r0], err.data() + (r - r0) * bw, out);
+            if (i2 < k) qlm::detail::gemm_sub<float>(m, k - i2, bw, err.data(), bw, u_ + i1 * k + i2, k, w_.row(r0) + i2, k);
         }
-        std::lock_guard lock(mu);
-        loss += local_loss;
-        finite = finite && ok;
-    });
-    res.loss = loss;
-    res.seconds_columns = since(t_start);
-    if (!finite || !std::isfinite(loss))
+        return out;
+    }
+
+    // Columns [i1, i2) of row r; err[j - i1] receives each column's e.
+    void quantize_block(std::size_t r, std::size_t i1, std::size_t i2, QParams& p, float* err, Outcome& out) {
+        float* wr = w_.row(r);
+        std::uint8_t* codes = res_.codes.row(r);
+        for (std::size_t j = i1; j < i2; ++j) {
+            update_params(r, j, wr, p);
+            const float e = quantize_and_propagate(wr, j, i2, p, codes[order_[j]]);
+            out.loss += 0.5 * static_cast<double>(e) * static_cast<double>(e);
+            out.finite = out.finite && std::isfinite(e);
+            err[j - i1] = e;
+        }
+    }
+
+    // The params for column j of row r: those set up front for its original group, or, at the start
+    // of a dynamic group, new ones from the row's current (error-updated) weights of that group.
+    void update_params(std::size_t r, std::size_t j, const float* wr, QParams& p) {
+        if (plan_.params_up_front()) {
+            const std::size_t g = plan_.group_of(j, order_[j]);
+            p = {res_.scale(r, g), res_.zero(r, g)};
+        } else if (j % plan_.group_size == 0) {
+            p = set_group_params(res_, plan_, r, j / plan_.group_size, {wr + j, std::min(plan_.group_size, plan_.k - j)});
+        }
+    }
+
+    // Quantizes wr[j] with p into `code`, replaces it by its dequantized value, and pushes the
+    // error onto the rest of the block: wr[t] -= e · U[j, t] with e = (w - q) / U_jj. Returns e.
+    float quantize_and_propagate(float* wr, std::size_t j, std::size_t i2, const QParams& p, std::uint8_t& code) const {
+        const float wv = wr[j];
+        code = quantize_code(wv, p.scale, p.zero_point, plan_.maxq);
+        const float q = dequantize_code(code, p.scale, p.zero_point);
+        const float* urow = u_ + j * plan_.k;
+        const float e = (wv - q) / urow[j];
+        wr[j] = q;
+        for (std::size_t t = j + 1; t < i2; ++t) wr[t] -= e * urow[t];
+        return e;
+    }
+
+    const Plan& plan_;
+    Tensor<float>& w_;
+    const float* u_;
+    const std::vector<std::uint32_t>& order_;
+    Result& res_;
+    std::vector<std::size_t> bounds_;
+    std::size_t max_block_ = 0;
+};
+
+// A NaN that got this far would otherwise reach the model unnoticed.
+inline void check_finite_result(const Result& res, bool feedback_finite) {
+    if (!feedback_finite || !std::isfinite(res.loss))
         throw error("qlm::gptq::quantize: the error feedback produced NaN / Inf (Hessian too ill-conditioned; raise percdamp)");
     for (float s : res.scales.span())
         if (!std::isfinite(s)) throw error("qlm::gptq::quantize: a group scale is NaN / Inf");
+}
+
+}  // namespace detail
+
+// ---- GPTQ ---------------------------------------------------------------------------------------
+// Quantizes W [N, K] with the Hessian H [K, K] (taken by value: it is permuted and damped).
+// Throws invalid_argument (bad options, NaN/Inf inputs), shape_error, or qlm::error when the
+// Hessian stays singular after the damping retries or the result is not finite.
+inline Result quantize(ThreadPool& pool, TensorView<const float> w_in, Tensor<double> h, const Options& opt = {}) {
+    detail::check_arguments(w_in, h, opt);
+    const std::size_t n = w_in.dim(0), k = w_in.dim(1);
+    if (n == 0 || k == 0) {
+        Result empty;
+        empty.bits = opt.bits;
+        empty.symmetric = opt.symmetric;
+        empty.rows = n;
+        empty.cols = k;
+        return empty;
+    }
+    detail::check_finite(h);
+    const detail::Plan plan = detail::make_plan(n, k, opt);
+    Result res = detail::allocate_result(plan);
+
+    Tensor<float> w(Shape{n, k});  // working copy, fp32 as the reference's
+    std::copy_n(w_in.data(), n * k, w.data());
+    // The reference takes per-channel params from the original rows, before the dead-column step,
+    // and static-group params from the dead-zeroed weights, after it.
+    if (plan.per_channel) detail::set_params_up_front(pool, w, res, plan);
+    res.dead_columns = detail::zero_dead_columns(h, w);
+    if (plan.static_groups) detail::set_params_up_front(pool, w, res, plan);
+
+    const std::vector<std::uint32_t> order = detail::processing_order(h, opt.act_order);
+    res.g_idx = detail::group_index(order, plan);
+    if (opt.act_order) {
+        res.perm = order;
+        h = detail::permute_hessian(h, order);
+        w = detail::permute_columns(pool, w, order, plan.grain);
+    }
+
+    auto t0 = std::chrono::steady_clock::now();
+    const Tensor<float> u = detail::damped_inverse_factor(pool, std::move(h), opt, res);
+    res.seconds_inverse = detail::seconds_since(t0);
+    t0 = std::chrono::steady_clock::now();
+    const auto outcome = detail::ColumnLoop(plan, w, u, order, res).run(pool);
+    res.loss = outcome.loss;
+    res.seconds_columns = detail::seconds_since(t0);
+    detail::check_finite_result(res, outcome.finite);
     return res;
 }
 

@@ -8,11 +8,12 @@
 //   Run time          QuantSpec {bits, granularity, group_size, symmetric}, to_string / parse,
 //                     spec_of<Bits, G, M>()
 //
-// Valid schemes: Bits in {2, 3, 4, 8}; PerGroup<G> needs G a positive multiple of 32, and for
-// 2 and 3 bits a multiple of 64, so a 2/3-bit kernel always unpacks a whole 64-code block under
-// one scale. 4-bit G = 32 is allowed because it falls on the nibble halves of a block: the low
-// nibbles of a 64-code block (codes 0..31) are one group and the high nibbles the next. At run time
-// K must also be a multiple of G (and of 64 for 2/3/4 bits, see packing.hpp).
+// Valid schemes: Bits in {2, 3, 4, 8}; PerGroup<G> needs G a positive multiple of 32 at every bit
+// width. 32 codes are half a 64-code packing block, and each half unpacks on its own (packing.hpp):
+// 4 bits: the low or the high nibbles; 3 and 2 bits: bit fields 0-3 or 4-7 of the 16 low-bit bytes
+// (and, at 3 bits, one 32-bit half of the high-bit mask). So a kernel that walks 32-code halves
+// never meets a group boundary inside one. At run time K must also be a multiple of G (and of 64
+// for 2/3/4 bits, see packing.hpp).
 #include <qlm/core/error.hpp>
 #include <qlm/core/packed_matrix.hpp>
 
@@ -71,12 +72,8 @@ inline constexpr bool is_granularity_tag<PerGroup<G>> = true;
 template <class T>
 inline constexpr bool is_mode_tag = std::is_same_v<T, Symmetric> || std::is_same_v<T, Asymmetric>;
 
-// The run-time rule behind ValidScheme's group-size part.
-constexpr bool group_size_fits_packing(int bits, std::size_t g) noexcept {
-    if (g == 0 || g % 32 != 0) return false;
-    if ((bits == 2 || bits == 3) && g % 64 != 0) return false;
-    return true;
-}
+// The run-time rule behind ValidScheme's group-size part: whole 32-code halves of packing blocks.
+constexpr bool group_size_fits_packing(std::size_t g) noexcept { return g != 0 && g % 32 == 0; }
 }  // namespace detail
 
 template <class T>
@@ -85,14 +82,14 @@ concept Granularity = detail::is_granularity_tag<T>;
 template <class T>
 concept QuantMode = detail::is_mode_tag<T>;
 
-// PerTensor / PerChannel always fit; PerGroup<G> must be a positive multiple of 32 (64 for 2/3 bits).
-template <int Bits, class G>
+// PerTensor / PerChannel always fit; PerGroup<G> must be a positive multiple of 32 (any bit width).
+template <class G>
 concept GroupSizeFitsPacking =
     Granularity<G> && (G::kind != GranularityKind::per_group || G::group_size == dynamic_group ||
-                       detail::group_size_fits_packing(Bits, G::group_size));
+                       detail::group_size_fits_packing(G::group_size));
 
 template <int Bits, class G, class M>
-concept ValidScheme = SupportedBits<Bits> && Granularity<G> && QuantMode<M> && GroupSizeFitsPacking<Bits, G>;
+concept ValidScheme = SupportedBits<Bits> && Granularity<G> && QuantMode<M> && GroupSizeFitsPacking<G>;
 
 // ---- Run-time spec -----------------------------------------------------------------------------
 // group_size is 0 for per-tensor and per-channel (it becomes K when a matrix is quantized).
@@ -109,10 +106,8 @@ struct QuantSpec {
         if (bits != 2 && bits != 3 && bits != 4 && bits != 8)
             throw invalid_argument("qlm::QuantSpec: bits must be 2, 3, 4 or 8, found " + std::to_string(bits));
         if (granularity == GranularityKind::per_group) {
-            if (!detail::group_size_fits_packing(bits, group_size))
-                throw invalid_argument("qlm::QuantSpec: " + std::to_string(bits) +
-                                       "-bit group size must be a positive multiple of " +
-                                       std::string(bits == 2 || bits == 3 ? "64" : "32") + ", found " +
+            if (!detail::group_size_fits_packing(group_size))
+                throw invalid_argument("qlm::QuantSpec: group size must be a positive multiple of 32, found " +
                                        std::to_string(group_size));
         } else if (group_size != 0) {
             throw invalid_argument("qlm::QuantSpec: per-tensor / per-channel specs have group_size 0, found " +
