@@ -2,6 +2,7 @@
 // GPT-2: token + position embeddings, pre-LN transformer blocks, final LN, tied output head.
 // The forward pass takes a batch of sequence chunks, each appended to its own KV cache, so
 // prefill, decode and batched decode are one code path.
+#include <qlm/backend/cpu/attention.hpp>
 #include <qlm/backend/cpu/elementwise.hpp>
 #include <qlm/backend/cpu/gemm.hpp>
 #include <qlm/core/error.hpp>
@@ -11,6 +12,7 @@
 #include <qlm/model/config.hpp>
 #include <qlm/model/linear.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstddef>
@@ -100,6 +102,13 @@ struct ForwardWorkspace {
     ForwardProfile* profile = nullptr;  // when set, forward passes add their per-operation times
     Tensor<float> residual, normed, qkv, attention, mlp, logits, scores;
     std::vector<std::size_t> logit_rows;
+    // attention's per-layer index: chunk starts, each row's chunk, key / value row pointers
+    struct ChunkStart {
+        std::size_t first_row, first_position, first_kv;
+    };
+    std::vector<ChunkStart> chunk_starts;
+    std::vector<std::size_t> row_chunk;
+    std::vector<const float*> key_rows, value_rows;
 
     static void ensure(Tensor<float>& t, std::size_t rows, std::size_t cols) {
         if (t.shape().rank() != 2 || t.dim(0) < rows || t.dim(1) != cols) t = Tensor<float>(Shape{rows, cols});
@@ -380,38 +389,40 @@ private:
         const std::size_t D = config_.head_dim();
         const float scale = 1.0f / std::sqrt(static_cast<float>(D));
 
-        // Work items: (chunk, row within chunk, head), flattened; rows of all chunks are contiguous.
-        struct ChunkStart {
-            std::size_t first_row, first_position;
-            const Cache* cache;
-        };
-        std::vector<ChunkStart> starts;
-        std::vector<std::size_t> row_chunk;
-        std::size_t row = 0;
+        // Each chunk's key / value rows for positions [0, end), gathered once per layer for all
+        // its heads and queries (a paged cache's blocks sit anywhere: the kernel takes row pointers).
+        auto& starts = ws.chunk_starts;
+        std::vector<std::size_t>& row_chunk = ws.row_chunk;
+        starts.clear();
+        row_chunk.clear();
+        ws.key_rows.clear();
+        ws.value_rows.clear();
+        std::size_t row = 0, macs = 0;  // ~2 · positions · head_dim per (row, head)
         for (std::size_t c = 0; c < chunks.size(); ++c) {
-            starts.push_back({row, chunks[c].cache->length(), chunks[c].cache});
-            for (std::size_t i = 0; i < chunks[c].tokens.size(); ++i) row_chunk.push_back(c);
-            row += chunks[c].tokens.size();
+            const Cache& cache = *chunks[c].cache;
+            const std::size_t start = cache.length(), len = chunks[c].tokens.size();
+            starts.push_back({row, start, ws.key_rows.size()});
+            for (std::size_t p = 0; p < start + len; ++p) {
+                ws.key_rows.push_back(cache.key(layer, p));
+                ws.value_rows.push_back(cache.value(layer, p));
+            }
+            row_chunk.insert(row_chunk.end(), len, c);
+            row += len;
+            macs += len * (start + len) * C * 2;
         }
         const std::size_t items = row * H;
-        std::size_t macs = 0;  // ~2 · positions · head_dim per item
-        for (std::size_t c = 0; c < chunks.size(); ++c)
-            macs += chunks[c].tokens.size() * (starts[c].first_position + chunks[c].tokens.size()) * C * 2;
         const std::size_t threads = macs < cpu::kParallelMinMacs ? 1 : pool.size();
+        std::atomic<std::size_t> next{0};  // rows differ in cost (causal): hand out items as threads free up
         auto work = [&](std::size_t t) {
             if (t >= threads) return;
             float* scores = ws.scores.row(t);
-            for (std::size_t item = items * t / threads; item < items * (t + 1) / threads; ++item) {
-                const std::size_t r = item / H;
-                const std::size_t h = item % H;
-                const ChunkStart& cs = starts[row_chunk[r]];
+            for (std::size_t item = next.fetch_add(1, std::memory_order_relaxed); item < items;
+                 item = next.fetch_add(1, std::memory_order_relaxed)) {
+                const std::size_t r = item / H, h = item % H;
+                const auto& cs = starts[row_chunk[r]];
                 const std::size_t position = cs.first_position + (r - cs.first_row);
-                const float* q = ws.qkv.data() + r * 3 * C + h * D;
-                for (std::size_t p = 0; p <= position; ++p) scores[p] = cpu::dot(q, cs.cache->key(layer, p) + h * D, D) * scale;
-                cpu::softmax_row(scores, position + 1);
-                float* out = ws.attention.data() + r * C + h * D;
-                std::fill_n(out, D, 0.0f);
-                for (std::size_t p = 0; p <= position; ++p) cpu::axpy(scores[p], cs.cache->value(layer, p) + h * D, out, D);
+                cpu::attend(ws.qkv.data() + r * 3 * C + h * D, ws.key_rows.data() + cs.first_kv, ws.value_rows.data() + cs.first_kv,
+                            position + 1, h * D, D, scale, scores, ws.attention.data() + r * C + h * D);
             }
         };
         if (threads == 1)
