@@ -1,17 +1,24 @@
 // qlm-bench: end-to-end prefill and decode speed of a GPT-2 model, fp32 against quantized
-// variants, measured in one process (random weights of a chosen shape, or a checkpoint).
+// variants, measured in one process (random weights of a chosen shape, or a checkpoint). With
+// --write-random-model it writes those random weights as a Hugging Face GPT-2 folder instead, so other
+// engines (llama.cpp, through tools/hf_to_gguf_gpt2.py) can run the very same model.
 #include "cli.hpp"
 
 #include <qlm/eval/size_report.hpp>
 #include <qlm/eval/speed.hpp>
+#include <qlm/io/safetensors.hpp>
 #include <qlm/model/load_gpt2.hpp>
 #include <qlm/model/quantize.hpp>
 #include <qlm/model/random_weights.hpp>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -26,7 +33,84 @@ const char* kUsage = R"(usage: qlm-bench [options]
   --variants LIST      comma-separated: fp32,w8a8,w4g128,w3g128,w4a8g128,w3a8g128 (default: all;
                        wNg128: weight-only, float activations; wNa8g128: int8 activations per token)
   --profile            print where decode time goes (per operation) and the bandwidth reached
+  --write-random-model DIR
+                       write the random weights of --shape (the model benchmarked without --model)
+                       to DIR as a Hugging Face GPT-2 folder (config.json, model.safetensors in
+                       float32, GPT-2 tokenizer files), check that it loads back identically, and exit
 )";
+
+constexpr std::uint64_t kRandomSeed = 1;
+
+bool same_values(const qlm::Tensor<float>& a, const qlm::Tensor<float>& b) {
+    return a.shape() == b.shape() && std::equal(a.span().begin(), a.span().end(), b.span().begin());
+}
+
+bool same_weights(const qlm::GPT2FloatWeights& a, const qlm::GPT2FloatWeights& b) {
+    auto same_ln = [](const qlm::LayerNormWeights& x, const qlm::LayerNormWeights& y) {
+        return same_values(x.weight, y.weight) && same_values(x.bias, y.bias);
+    };
+    bool same = same_values(a.wte, b.wte) && same_values(a.wpe, b.wpe) && same_ln(a.ln_f, b.ln_f) &&
+                a.blocks.size() == b.blocks.size() && !b.untied_head;
+    for (std::size_t i = 0; same && i < a.blocks.size(); ++i) {
+        same = same_ln(a.blocks[i].ln_1, b.blocks[i].ln_1) && same_ln(a.blocks[i].ln_2, b.blocks[i].ln_2);
+        for (const qlm::LinearSlot slot : qlm::kLinearSlots) {
+            const auto& x = qlm::linear_of(a.blocks[i], slot);
+            const auto& y = qlm::linear_of(b.blocks[i], slot);
+            same = same && same_values(x.weight(), y.weight()) && same_values(x.bias(), y.bias());
+        }
+    }
+    return same;
+}
+
+// Writes `w` (tied head) as a GPT2LMHeadModel folder: config.json, model.safetensors with Hugging
+// Face's names and Conv1D layout ([in, out]; qlm's DenseLinear holds [out, in]), and the GPT-2
+// tokenizer (models/gpt2-tokenizer, under Hugging Face's file names). Then loads it back and throws
+// qlm::format_error unless every tensor is bit-identical.
+void write_hf_gpt2(const qlm::GPT2FloatWeights& w, const std::filesystem::path& dir) {
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    if (ec) throw qlm::io_error("cannot create " + dir.string() + ": " + ec.message());
+
+    qlm::SafetensorsWriter writer;
+    const std::string t = "transformer.";
+    auto add_layer_norm = [&](const std::string& name, const qlm::LayerNormWeights& ln) {
+        writer.add(name + ".weight", ln.weight);
+        writer.add(name + ".bias", ln.bias);
+    };
+    writer.add(t + "wte.weight", w.wte);
+    writer.add(t + "wpe.weight", w.wpe);
+    for (std::size_t i = 0; i < w.blocks.size(); ++i) {
+        const auto& b = w.blocks[i];
+        const std::string p = t + "h." + std::to_string(i) + ".";
+        add_layer_norm(p + "ln_1", b.ln_1);
+        add_layer_norm(p + "ln_2", b.ln_2);
+        for (const qlm::LinearSlot slot : qlm::kLinearSlots) {
+            const qlm::DenseLinear& l = qlm::linear_of(b, slot);
+            writer.add(p + qlm::hf_name(slot) + ".weight", qlm::transpose(l.weight()));
+            writer.add(p + qlm::hf_name(slot) + ".bias", l.bias());
+        }
+    }
+    add_layer_norm(t + "ln_f", w.ln_f);
+    writer.set_metadata("format", "pt");
+    writer.write(dir / "model.safetensors");
+
+    nlohmann::json config = w.config.to_json();
+    config["torch_dtype"] = "float32";
+    std::ofstream out(dir / "config.json");
+    out << config.dump(2) << "\n";
+    out.close();
+    if (!out) throw qlm::io_error("cannot write " + (dir / "config.json").string());
+
+    const fs::path tokenizer = fs::path(QLM_SOURCE_DIR) / "models" / "gpt2-tokenizer";
+    for (const auto& [from, to] : {std::pair{"encoder.json", "vocab.json"}, std::pair{"vocab.bpe", "merges.txt"}}) {
+        fs::copy_file(tokenizer / from, dir / to, fs::copy_options::overwrite_existing, ec);
+        if (ec) throw qlm::io_error("cannot copy " + (tokenizer / from).string() + " to " + (dir / to).string() + ": " + ec.message());
+    }
+
+    if (!same_weights(w, qlm::load_gpt2_weights(dir)))
+        throw qlm::format_error("the model written to " + dir.string() + " does not load back to the same weights");
+}
 
 }  // namespace
 
@@ -42,6 +126,9 @@ int main(int argc, char** argv) try {
     const std::size_t prompt_tokens = args.number<std::size_t>("prompt-tokens", 128);
     const std::size_t decode_tokens = args.number<std::size_t>("decode-tokens", 128);
     const int reps = args.number<int>("repetitions", 3);
+    const std::string write_dir = args.get("write-random-model", "");
+    if (!write_dir.empty() && !model_dir.empty())
+        throw qlm::invalid_argument("--write-random-model writes random weights of --shape; it cannot be combined with --model");
 
     qlm::GPT2FloatWeights weights;
     if (!model_dir.empty()) {
@@ -56,7 +143,14 @@ int main(int argc, char** argv) try {
         } else if (shape != "124m") {
             throw qlm::invalid_argument("unknown --shape '" + shape + "' (124m, tiny)");
         }
-        weights = qlm::random_gpt2_weights(config, 1);
+        weights = qlm::random_gpt2_weights(config, kRandomSeed);
+    }
+    if (!write_dir.empty()) {
+        args.reject_unknown();
+        write_hf_gpt2(weights, write_dir);
+        std::printf("qlm-bench: wrote the random weights of shape %s (seed %llu) to %s\n", shape.c_str(),
+                    static_cast<unsigned long long>(kRandomSeed), write_dir.c_str());
+        return 0;
     }
     if (prompt_tokens + decode_tokens > weights.config.n_positions)
         throw qlm::invalid_argument("prompt + decode tokens exceed the context of " + std::to_string(weights.config.n_positions));
