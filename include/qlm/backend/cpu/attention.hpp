@@ -10,8 +10,10 @@
 #include <qlm/backend/cpu/elementwise.hpp>
 #include <qlm/core/detail/intrinsics_diagnostics.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <vector>
 
 namespace qlm::cpu {
 
@@ -50,7 +52,22 @@ QLM_INTRINSICS_BEGIN
     const std::size_t nv = head_dim / L;                                                                 \
     vf qv[16];                                                                                           \
     for (std::size_t j = 0; j < nv; ++j) qv[j] = Ops::loadu(q + j * L);                                  \
-    for (std::size_t p = 0; p < n; ++p) {                                                                \
+    std::size_t p = 0;                                                                                   \
+    for (; p + 4 <= n; p += 4) { /* four positions at a time: independent chains, one reduction tree */ \
+        const float *k0 = keys[p] + offset, *k1 = keys[p + 1] + offset, *k2 = keys[p + 2] + offset,      \
+                    *k3 = keys[p + 3] + offset;                                                          \
+        vf a0 = Ops::mul(Ops::loadu(k0), qv[0]), a1 = Ops::mul(Ops::loadu(k1), qv[0]);                   \
+        vf a2 = Ops::mul(Ops::loadu(k2), qv[0]), a3 = Ops::mul(Ops::loadu(k3), qv[0]);                   \
+        for (std::size_t j = 1; j < nv; ++j) {                                                           \
+            a0 = Ops::fma(Ops::loadu(k0 + j * L), qv[j], a0);                                            \
+            a1 = Ops::fma(Ops::loadu(k1 + j * L), qv[j], a1);                                            \
+            a2 = Ops::fma(Ops::loadu(k2 + j * L), qv[j], a2);                                            \
+            a3 = Ops::fma(Ops::loadu(k3 + j * L), qv[j], a3);                                            \
+        }                                                                                                \
+        Ops::reduce4(a0, a1, a2, a3, scores + p);                                                        \
+        for (std::size_t i = 0; i < 4; ++i) scores[p + i] *= scale;                                      \
+    }                                                                                                    \
+    for (; p < n; ++p) {                                                                                 \
         const float* k = keys[p] + offset;                                                               \
         vf acc = Ops::mul(Ops::loadu(k), qv[0]);                                                         \
         for (std::size_t j = 1; j < nv; ++j) acc = Ops::fma(Ops::loadu(k + j * L), qv[j], acc);          \
@@ -59,7 +76,7 @@ QLM_INTRINSICS_BEGIN
     softmax_row(scores, n);                                                                              \
     vf acc[16];                                                                                          \
     for (std::size_t j = 0; j < nv; ++j) acc[j] = Ops::zero_f();                                         \
-    for (std::size_t p = 0; p < n; ++p) {                                                                \
+    for (p = 0; p < n; ++p) {                                                                            \
         const float* v = values[p] + offset;                                                             \
         const vf w = Ops::set1(scores[p]);                                                               \
         for (std::size_t j = 0; j < nv; ++j) acc[j] = Ops::fma(w, Ops::loadu(v + j * L), acc[j]);        \

@@ -67,6 +67,14 @@ struct Avx512Ops {
     QLM_TARGET_AVX512 static vf min(vf a, vf b) { return _mm512_min_ps(a, b); }
     QLM_TARGET_AVX512 static float reduce_max(vf a) { return _mm512_reduce_max_ps(a); }
     QLM_TARGET_AVX512 static float reduce_add(vf a) { return _mm512_reduce_add_ps(a); }
+    // out[i] = Σ lanes of the i-th vector, with one shared shuffle tree.
+    QLM_TARGET_AVX512 static void reduce4(vf a, vf b, vf c, vf d, float* out) {
+        auto fold = [](vf v) QLM_TARGET_AVX512 {
+            return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+        };
+        const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(fold(a), fold(b)), _mm256_hadd_ps(fold(c), fold(d)));
+        _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
+    }
     // Rounds to nearest even (the default MXCSR mode, as std::nearbyint) and stores the 16 values,
     // already within [-127, 127], as int8.
     QLM_TARGET_AVX512 static void store_i8(std::int8_t* p, vf v) {
@@ -153,6 +161,10 @@ struct Avx2Ops {
         s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         s = _mm_add_ss(s, _mm_movehdup_ps(s));
         return _mm_cvtss_f32(s);
+    }
+    QLM_TARGET_AVX2 static void reduce4(vf a, vf b, vf c, vf d, float* out) {
+        const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+        _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
     }
     QLM_TARGET_AVX2 static void store_i8(std::int8_t* p, vf v) {
         const __m256i i32 = _mm256_cvtps_epi32(v);
