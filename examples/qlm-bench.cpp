@@ -33,6 +33,8 @@ const char* kUsage = R"(usage: qlm-bench [options]
   --variants LIST      comma-separated: fp32,w8a8,w4g128,w3g128,w4a8g128,w3a8g128 (default: all;
                        wNg128: weight-only, float activations; wNa8g128: int8 activations per token)
   --profile            print where decode time goes (per operation) and the bandwidth reached
+  --batch N            also measure batched decode: N sequences (prompt 32 tokens each) adding one
+                       token each per forward pass, aggregate tokens/s
   --write-random-model DIR
                        write the random weights of --shape (the model benchmarked without --model)
                        to DIR as a Hugging Face GPT-2 folder (config.json, model.safetensors in
@@ -156,6 +158,7 @@ int main(int argc, char** argv) try {
         throw qlm::invalid_argument("prompt + decode tokens exceed the context of " + std::to_string(weights.config.n_positions));
     const std::string variants = args.get("variants", "fp32,w8a8,w4g128,w3g128,w4a8g128,w3a8g128");
     const bool profile = args.has("profile");
+    const std::size_t batch = args.number<std::size_t>("batch", 0);
     args.reject_unknown();
     qlm::ThreadPool pool(threads);
     const auto& c = weights.config;
@@ -190,6 +193,10 @@ int main(int argc, char** argv) try {
                     size.linear_bytes_per_weight(), speed.prefill_tokens_per_second, speed.decode_tokens_per_second,
                     speed.prefill_tokens_per_second / base.prefill_tokens_per_second,
                     speed.decode_tokens_per_second / base.decode_tokens_per_second);
+        if (batch) {
+            const double rate = qlm::measure_batched_decode(pool, model, batch, 32, std::min<std::size_t>(decode_tokens, 64), reps);
+            std::printf("  batched decode, %zu sequences: %.1f tokens/s aggregate\n", batch, rate);
+        }
         if (profile) {
             // Decode reads every linear weight and the tied head (wte) once per token.
             const double head_bytes = model.tied_head() ? static_cast<double>(model.tied_head()->weight_bytes())

@@ -3,6 +3,8 @@
 #include <qlm/kv/contiguous_cache.hpp>
 #include <qlm/model/gpt2.hpp>
 
+#include <string>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -58,6 +60,48 @@ SpeedResult measure_speed(ThreadPool& pool, const GPT2Model<Linear>& model, std:
     s.prefill_tokens_per_second = prefill[prefill.size() / 2];
     s.decode_tokens_per_second = decode.empty() ? 0.0 : decode[decode.size() / 2];
     return s;
+}
+
+// Batched decode: `sequences` sequences each prefilled with prompt_tokens (one forward pass per
+// sequence), then decode_tokens steps in which every sequence adds one token in a single forward
+// pass of `sequences` rows (what continuous batching runs at steady state). Returns aggregate
+// tokens per second of the decode steps (median of repetitions).
+template <LinearLayer Linear>
+double measure_batched_decode(ThreadPool& pool, const GPT2Model<Linear>& model, std::size_t sequences, std::size_t prompt_tokens,
+                              std::size_t decode_tokens, int repetitions = 3) {
+    using clock = std::chrono::steady_clock;
+    const auto& c = model.config();
+    if (sequences == 0 || prompt_tokens == 0 || decode_tokens == 0 || prompt_tokens + decode_tokens > c.n_positions)
+        throw invalid_argument("qlm: batched decode of " + std::to_string(sequences) + " sequences x (" + std::to_string(prompt_tokens) +
+                               " + " + std::to_string(decode_tokens) + ") tokens does not fit the context of " +
+                               std::to_string(c.n_positions));
+    std::vector<ContiguousKVCache> caches;
+    caches.reserve(sequences);
+    for (std::size_t s = 0; s < sequences; ++s) caches.emplace_back(c.n_layer, prompt_tokens + decode_tokens, c.n_embd);
+    std::vector<std::int32_t> prompt(prompt_tokens), next(sequences);
+    ForwardWorkspace ws;
+    std::vector<double> rates;
+    for (int r = 0; r < std::max(1, repetitions); ++r) {
+        for (std::size_t s = 0; s < sequences; ++s) {
+            caches[s].clear();
+            for (std::size_t i = 0; i < prompt_tokens; ++i) prompt[i] = static_cast<std::int32_t>((i * 7919 + 13 * s + 1) % c.vocab_size);
+            const auto logits = model.forward(pool, caches[s], std::span<const std::int32_t>(prompt), ws);
+            next[s] = static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+        }
+        std::vector<SequenceChunk<ContiguousKVCache>> chunks(sequences);
+        const auto t0 = clock::now();
+        for (std::size_t step = 0; step < decode_tokens; ++step) {
+            for (std::size_t s = 0; s < sequences; ++s) chunks[s] = {&caches[s], std::span<const std::int32_t>(&next[s], 1)};
+            model.forward(pool, std::span<const SequenceChunk<ContiguousKVCache>>(chunks), ws);
+            for (std::size_t s = 0; s < sequences; ++s) {
+                const auto row = ws.logits_row(s);
+                next[s] = static_cast<std::int32_t>(std::max_element(row.begin(), row.end()) - row.begin());
+            }
+        }
+        rates.push_back(static_cast<double>(sequences * decode_tokens) / std::chrono::duration<double>(clock::now() - t0).count());
+    }
+    std::sort(rates.begin(), rates.end());
+    return rates[rates.size() / 2];
 }
 
 }  // namespace qlm
