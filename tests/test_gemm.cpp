@@ -496,3 +496,46 @@ TEST_CASE("3-bit and 2-bit groups of 32 (half a packing block) from the quantize
                     });
                 }
 }
+
+TEST_CASE("linear_half (fp16 and bf16 weights): every path matches fp32 arithmetic on the rounded weights") {
+    std::mt19937 rng(31);
+    ThreadPool pool(2), p1(1), p3(3);
+    auto run = [&]<class Half>(std::type_identity<Half>, const char* name) {
+        for (std::size_t k : {1, 7, 64, 768})
+            for (auto [m, n] : kMNs) {
+                const auto wf = random_floats(rng, n * k);
+                const auto x = random_floats(rng, m * k);
+                const auto bias = random_floats(rng, n);
+                const auto w = qlm::cpu::HalfPanelMatrix<Half>::from_float(wf, n, k);
+                std::vector<float> rounded(n * k);
+                bool round_trip = true;
+                for (std::size_t j = 0; j < n; ++j)
+                    for (std::size_t p = 0; p < k; ++p) {
+                        rounded[j * k + p] = w.value(j, p);
+                        const float back = std::is_same_v<Half, qlm::fp16_t> ? qlm::fp16_to_float(qlm::float_to_fp16(wf[j * k + p]))
+                                                                             : qlm::bf16_to_float(qlm::float_to_bf16(wf[j * k + p]));
+                        round_trip = round_trip && back == rounded[j * k + p];
+                    }
+                CHECK(round_trip);
+                std::vector<float> want(m * n);
+                qlm::cpu::reference::gemm_f32(x.data(), m, k, rounded.data(), n, bias.data(), want.data());
+                const auto mag = f32_magnitude(x, m, k, rounded, n, bias.data());
+                for (Isa isa : fast_isas()) {
+                    std::vector<float> got(m * n, 12345.0f), got1(m * n), got3(m * n);
+                    qlm::cpu::linear_half(pool, x.data(), m, w, bias.data(), got.data(), isa);
+                    check_close(got, want, mag, 1e-5,
+                                std::string(name) + " " + qlm::cpu::isa_name(isa) + " m=" + std::to_string(m) + " n=" + std::to_string(n) +
+                                    " k=" + std::to_string(k));
+                    qlm::cpu::linear_half(p1, x.data(), m, w, bias.data(), got1.data(), isa);
+                    qlm::cpu::linear_half(p3, x.data(), m, w, bias.data(), got3.data(), isa);
+                    CHECK(bitwise_equal(got, got1));
+                    CHECK(bitwise_equal(got, got3));
+                }
+            }
+    };
+    run(std::type_identity<qlm::fp16_t>{}, "fp16");
+    run(std::type_identity<qlm::bf16_t>{}, "bf16");
+    const auto w = qlm::cpu::HalfPanelMatrix<qlm::bf16_t>::from_float(std::vector<float>{1.0f, -2.0f, 3.5f}, 3, 1);
+    CHECK(w.row_major() == std::vector<std::uint16_t>{qlm::float_to_bf16(1.0f), qlm::float_to_bf16(-2.0f), qlm::float_to_bf16(3.5f)});
+    CHECK_THROWS_AS((qlm::cpu::HalfPanelMatrix<qlm::fp16_t>(std::vector<std::uint16_t>(5), 2, 3)), qlm::shape_error);
+}

@@ -6,8 +6,9 @@
 //                      Compose a model from it directly: GPT2Model<QuantLinear<QuantTensor<4, PerGroup<128>>>>.
 //   AnyQuantLinear     one of the typed layers, chosen at run time from a tensor's scheme (what a
 //                      checkpoint of any scheme loads into); forward() visits once per call.
+//   HalfLinear<fp16_t / bf16_t>  16-bit float weights, fp32 arithmetic.
 //   MixedLinear        a low-bit layer plus the most salient input channels at 8 bits.
-//   AnyLinear          float, quantized or mixed, chosen at run time.
+//   AnyLinear          float (fp32 / fp16 / bf16), quantized or mixed, chosen at run time.
 //
 // Activations: weight-only layers multiply float activations (GPTQ / AWQ / RTN as their authors
 // run them); ActQuant::int8_dynamic quantizes them per token at run time (W8A8, W4A8 ...), and
@@ -266,6 +267,46 @@ public:
     const variant_type& variant() const noexcept { return layer_; }
 };
 
+// 16-bit float weights (fp16_t or bf16_t), fp32 arithmetic: the unquantized fast path, half the
+// bytes of fp32 per decode step.
+template <class Half>
+    requires(std::is_same_v<Half, fp16_t> || std::is_same_v<Half, bf16_t>)
+class HalfLinear {
+public:
+    using value_type = Half;
+    HalfLinear() = default;
+    HalfLinear(cpu::HalfPanelMatrix<Half> weight, Tensor<float> bias) : weight_(std::move(weight)), bias_(std::move(bias)) {
+        detail::check_bias(bias_, weight_.rows(), "HalfLinear");
+    }
+    // Rounds a float layer to 16 bits (nearest even).
+    explicit HalfLinear(const DenseLinear& d)
+        : HalfLinear(cpu::HalfPanelMatrix<Half>::from_float(d.weight().span(), d.out_features(), d.in_features()), d.bias()) {}
+
+    std::size_t in_features() const noexcept { return weight_.cols(); }
+    std::size_t out_features() const noexcept { return weight_.rows(); }
+    std::size_t weight_bytes() const noexcept { return weight_.storage_bytes() + bias_.bytes(); }
+    const cpu::HalfPanelMatrix<Half>& weight() const noexcept { return weight_; }
+    const Tensor<float>& bias() const noexcept { return bias_; }
+
+    void forward(ThreadPool& pool, const float* x, std::size_t m, float* y) const {
+        cpu::linear_half(pool, x, m, weight_, bias_.numel() ? bias_.data() : nullptr, y);
+    }
+    void dequantize_row(std::size_t r, std::span<float> out) const {
+        for (std::size_t c = 0; c < out.size(); ++c) out[c] = weight_.value(r, c);
+    }
+    Tensor<float> dequantize() const {
+        Tensor<float> out(Shape{out_features(), in_features()});
+        for (std::size_t r = 0; r < out_features(); ++r) dequantize_row(r, {out.row(r), in_features()});
+        return out;
+    }
+
+private:
+    cpu::HalfPanelMatrix<Half> weight_;
+    Tensor<float> bias_;
+};
+
+static_assert(LinearLayer<HalfLinear<bf16_t>>);
+
 // Mixed precision (the seed's idea, kept as a measured comparison): the most activation-salient
 // input channels at 8 bits per output channel, the rest in the low-bit base layer, whose columns
 // for those channels are zero. y = base(x) + salient · x[:, salient_columns].
@@ -329,7 +370,7 @@ static_assert(LinearLayer<MixedLinear>);
 // One of the linear kinds, chosen at run time; forward() dispatches once per layer call.
 class AnyLinear {
 public:
-    using variant_type = std::variant<DenseLinear, AnyQuantLinear, MixedLinear>;
+    using variant_type = std::variant<DenseLinear, AnyQuantLinear, MixedLinear, HalfLinear<fp16_t>, HalfLinear<bf16_t>>;
 
     AnyLinear() = default;
     template <class L>

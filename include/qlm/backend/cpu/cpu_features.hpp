@@ -12,8 +12,8 @@
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define QLM_CPU_X86 1
 #include <immintrin.h>
-#define QLM_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#define QLM_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")))
+#define QLM_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define QLM_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
 #else
 #define QLM_CPU_X86 0
 #endif
@@ -27,7 +27,7 @@ inline constexpr std::size_t kParallelMinMacs = std::size_t{1} << 18;
 enum class Isa {
     automatic,  // the best path this CPU supports
     scalar,     // the plain C++ reference kernels
-    avx2,       // AVX2 + FMA
+    avx2,       // AVX2 + FMA + F16C
     avx512,     // AVX-512 F/BW/VL + VNNI
 };
 
@@ -42,7 +42,7 @@ inline const char* isa_name(Isa isa) noexcept {
 }
 
 struct CpuFeatures {
-    bool avx2_fma = false;
+    bool avx2_fma = false;  // with F16C, which every AVX2 CPU has
     bool avx512 = false;  // avx512f + bw + vl + vnni, all four
 };
 
@@ -51,7 +51,7 @@ inline const CpuFeatures& cpu_features() noexcept {
         CpuFeatures f;
 #if QLM_CPU_X86
         __builtin_cpu_init();
-        f.avx2_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        f.avx2_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
         f.avx512 = f.avx2_fma && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                    __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 #endif

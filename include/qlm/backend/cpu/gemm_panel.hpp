@@ -54,6 +54,21 @@ QLM_INTRINSICS_END
 // tiles, one output at a time.
 namespace portable {
 
+template <class Half, std::size_t MR, std::size_t NP>
+void tile_half(const HalfPanelMatrix<Half>& w, std::size_t p0, const float* const* xr, const float* const*, float* out) {
+    for (std::size_t p = 0; p < NP; ++p) {
+        const std::size_t panel = std::min(p0 + p, w.panels() - 1);
+        for (std::size_t lane = 0; lane < kPanelRows; ++lane) {
+            const std::size_t row = std::min(panel * kPanelRows + lane, w.rows() - 1);
+            for (std::size_t r = 0; r < MR; ++r) {
+                float acc = 0.0f;
+                for (std::size_t c = 0; c < w.cols(); ++c) acc = std::fma(w.value(row, c), xr[r][c], acc);
+                out[r * NP * kPanelRows + p * kPanelRows + lane] = acc;
+            }
+        }
+    }
+}
+
 template <int Bits, std::size_t MR, std::size_t NP, class X>
 void tile(const PanelMatrix<Bits>& w, std::size_t p0, const X* const* xr, const float* const* aux, float* out) {
     const std::size_t spg = w.kernel_group_size(), groups = w.groups();
@@ -102,15 +117,17 @@ inline void group_sums_rows(const float* x, std::size_t k, std::size_t r0, std::
 
 }  // namespace portable
 
+template <class Matrix, class X>
+using PanelTile = void (*)(const Matrix&, std::size_t, const X* const*, const float* const*, float*);
 template <int Bits, class X>
-using PanelTileFn = void (*)(const PanelMatrix<Bits>&, std::size_t, const X* const*, const float* const*, float*);
+using PanelTileFn = PanelTile<PanelMatrix<Bits>, X>;
 
 // Work items are (NP panels) x (block of x rows); a thread walks its items' x rows MR at a time
 // against the same panels, which stay in L2. Short row tails reuse the full tile on duplicated
 // rows and drop the extra outputs.
-template <int Bits, class X, std::size_t MR, std::size_t NP>
-void run_panels(ThreadPool& pool, const PanelMatrix<Bits>& w, PanelTileFn<Bits, X> tile, const X* x, const float* aux,
-                std::size_t m, const float* row_scales, const float* bias, float* y) {
+template <class Matrix, class X, std::size_t MR, std::size_t NP>
+void run_panels(ThreadPool& pool, const Matrix& w, PanelTile<Matrix, X> tile, const X* x, const float* aux, std::size_t m,
+                const float* row_scales, const float* bias, float* y) {
     const std::size_t n = w.rows(), k = w.padded_cols(), groups = w.groups();
     const std::size_t panel_groups = (w.panels() + NP - 1) / NP;
     std::size_t mb = m;
@@ -132,7 +149,7 @@ void run_panels(ThreadPool& pool, const PanelMatrix<Bits>& w, PanelTileFn<Bits, 
                 for (std::size_t r = 0; r < MR; ++r) {
                     const std::size_t i = std::min(i0 + r, ie - 1);
                     xr[r] = x + i * k;
-                    ar[r] = aux + i * groups;
+                    ar[r] = aux ? aux + i * groups : nullptr;
                 }
                 alignas(64) float out[MR * NP * kPanelRows];
                 tile(w, p0, xr, ar, out);
@@ -151,8 +168,8 @@ void run_panels(ThreadPool& pool, const PanelMatrix<Bits>& w, PanelTileFn<Bits, 
     else pool.parallel_for(items, 1, body);
 }
 
-template <int Bits>
-void check_panel_args(const PanelMatrix<Bits>& w, const void* x, std::size_t m, const float* y, const char* who) {
+template <class Matrix>
+void check_panel_args(const Matrix& w, const void* x, std::size_t m, const float* y, const char* who) {
     if (m == 0) return;
     if (w.rows() == 0) throw invalid_argument(std::string("qlm::cpu::") + who + ": empty weight matrix");
     if (!x || !y) throw invalid_argument(std::string("qlm::cpu::") + who + ": null x or y");
@@ -230,7 +247,7 @@ void gemm_a8(ThreadPool& pool, const std::int8_t* xq, const float* x_scales, con
     if (!x_scales || !x_sums) throw invalid_argument("qlm::cpu::gemm_a8: null activation scales or sums");
     isa = resolve_isa(isa);
     auto run = [&]<std::size_t MR, std::size_t NP>(detail::PanelTileFn<Bits, std::int8_t> tile) {
-        detail::run_panels<Bits, std::int8_t, MR, NP>(pool, w, tile, xq, x_sums, m, x_scales, bias, y);
+        detail::run_panels<PanelMatrix<Bits>, std::int8_t, MR, NP>(pool, w, tile, xq, x_sums, m, x_scales, bias, y);
     };
     constexpr bool wide = Bits >= 4;  // fewer decoded operands per load: room for more panels
     switch (isa) {
@@ -258,7 +275,7 @@ void gemm_wo(ThreadPool& pool, const float* x, const float* x_sums, std::size_t 
     if (!x_sums) throw invalid_argument("qlm::cpu::gemm_wo: null activation group sums");
     isa = resolve_isa(isa);
     auto run = [&]<std::size_t MR, std::size_t NP>(detail::PanelTileFn<Bits, float> tile) {
-        detail::run_panels<Bits, float, MR, NP>(pool, w, tile, x, x_sums, m, nullptr, bias, y);
+        detail::run_panels<PanelMatrix<Bits>, float, MR, NP>(pool, w, tile, x, x_sums, m, nullptr, bias, y);
     };
     switch (isa) {
 #if QLM_CPU_X86
@@ -302,6 +319,31 @@ void linear_wo(ThreadPool& pool, const float* x, std::size_t m, const PanelMatri
     s.sums.resize(m * w.groups());
     activation_group_sums(pool, x, m, w.padded_cols(), w.kernel_group_size(), s.sums.data(), isa);
     gemm_wo(pool, x, s.sums.data(), m, w, bias, y, isa);
+}
+
+// y[m, n] = x · wᵀ + bias with 16-bit float weights (fp16 or bf16), fp32 arithmetic.
+template <class Half>
+void linear_half(ThreadPool& pool, const float* x, std::size_t m, const HalfPanelMatrix<Half>& w, const float* bias, float* y,
+                 Isa isa = Isa::automatic) {
+    detail::check_panel_args(w, x, m, y, "linear_half");
+    if (m == 0) return;
+    isa = resolve_isa(isa);
+    using M = HalfPanelMatrix<Half>;
+    auto run = [&]<std::size_t MR, std::size_t NP>(detail::PanelTile<M, float> tile) {
+        detail::run_panels<M, float, MR, NP>(pool, w, tile, x, nullptr, m, nullptr, bias, y);
+    };
+    switch (isa) {
+#if QLM_CPU_X86
+        case Isa::avx512:
+            if (m == 1) return run.template operator()<1, 4>(&detail::avx512::tile_half<Half, 1, 4>);
+            if (m <= 3) return run.template operator()<3, 2>(&detail::avx512::tile_half<Half, 3, 2>);
+            return run.template operator()<6, 2>(&detail::avx512::tile_half<Half, 6, 2>);
+        case Isa::avx2:
+            if (m == 1) return run.template operator()<1, 2>(&detail::avx2::tile_half<Half, 1, 2>);
+            return run.template operator()<3, 1>(&detail::avx2::tile_half<Half, 3, 1>);
+#endif
+        default: return run.template operator()<1, 1>(&detail::portable::tile_half<Half, 1, 1>);
+    }
 }
 
 }  // namespace qlm::cpu

@@ -25,6 +25,7 @@
 // is the same size (codes at Bits bits, fp32 scales, u8 zeros), and canonical() rebuilds the
 // canonical bytes for saving and exporting.
 #include <qlm/core/error.hpp>
+#include <qlm/core/half.hpp>
 #include <qlm/core/packed_matrix.hpp>
 
 #include <cstddef>
@@ -34,6 +35,7 @@
 #include <new>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace qlm::cpu {
@@ -228,6 +230,57 @@ private:
     detail::AlignedBytes codes_;
     std::vector<float> scales_;
     std::vector<std::uint8_t> zeros_;
+};
+
+// 16-bit float weights (fp16_t or bf16_t) repacked into the same 16-row panels: per panel, column
+// k's 16 values are 32 contiguous bytes, so one load and one conversion (F16C vcvtph2ps, or a shift
+// for bf16) give a vector whose lane r is row r. Arithmetic stays fp32.
+template <class Half>
+    requires(std::is_same_v<Half, fp16_t> || std::is_same_v<Half, bf16_t>)
+class HalfPanelMatrix {
+public:
+    HalfPanelMatrix() = default;
+    // From 16-bit values [n, k] row-major (raw bit patterns).
+    HalfPanelMatrix(std::span<const std::uint16_t> values, std::size_t n, std::size_t k) : n_(n), k_(k) {
+        if (n == 0 || k == 0 || values.size() != n * k)
+            throw shape_error("qlm::cpu::HalfPanelMatrix: " + std::to_string(values.size()) + " values for [" + std::to_string(n) + ", " +
+                              std::to_string(k) + "]");
+        values_.assign(panels() * kPanelRows * k_, 0);
+        for (std::size_t r = 0; r < n_; ++r)
+            for (std::size_t c = 0; c < k_; ++c) values_[index(r, c)] = values[r * k_ + c];
+    }
+    // From fp32 [n, k], rounded to nearest even.
+    static HalfPanelMatrix from_float(std::span<const float> w, std::size_t n, std::size_t k) {
+        std::vector<std::uint16_t> bits(w.size());
+        for (std::size_t i = 0; i < w.size(); ++i) bits[i] = std::is_same_v<Half, fp16_t> ? float_to_fp16(w[i]) : float_to_bf16(w[i]);
+        return HalfPanelMatrix(bits, n, k);
+    }
+
+    std::size_t rows() const noexcept { return n_; }
+    std::size_t cols() const noexcept { return k_; }
+    std::size_t padded_cols() const noexcept { return k_; }
+    std::size_t groups() const noexcept { return 0; }
+    std::size_t panels() const noexcept { return (n_ + kPanelRows - 1) / kPanelRows; }
+    const std::uint16_t* panel_values(std::size_t p) const noexcept { return values_.data() + p * kPanelRows * k_; }
+    std::uint16_t bits(std::size_t r, std::size_t c) const noexcept { return values_[index(r, c)]; }
+    float value(std::size_t r, std::size_t c) const noexcept {
+        return std::is_same_v<Half, fp16_t> ? fp16_to_float(bits(r, c)) : bf16_to_float(bits(r, c));
+    }
+    // The values [n, k] row-major (raw bits), for saving.
+    std::vector<std::uint16_t> row_major() const {
+        std::vector<std::uint16_t> out(n_ * k_);
+        for (std::size_t r = 0; r < n_; ++r)
+            for (std::size_t c = 0; c < k_; ++c) out[r * k_ + c] = bits(r, c);
+        return out;
+    }
+    std::size_t storage_bytes() const noexcept { return values_.size() * sizeof(std::uint16_t); }
+
+private:
+    std::size_t index(std::size_t r, std::size_t c) const noexcept {
+        return (r / kPanelRows) * kPanelRows * k_ + c * kPanelRows + r % kPanelRows;
+    }
+    std::size_t n_ = 0, k_ = 0;
+    std::vector<std::uint16_t> values_;
 };
 
 }  // namespace qlm::cpu

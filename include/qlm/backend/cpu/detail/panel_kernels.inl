@@ -203,3 +203,29 @@ QLM_PANEL_TARGET inline void group_sums_rows(const float* x, std::size_t k, std:
             sums[r * groups + g] = s;
         }
 }
+
+// 16-bit float weights (HalfPanelMatrix: per panel, column k's 16 rows are 32 contiguous bytes):
+// out[r][c] = Σ_p float(w_cp) x_rp, fp32 arithmetic.
+template <class Half, std::size_t MR, std::size_t NP>
+QLM_PANEL_TARGET void tile_half(const HalfPanelMatrix<Half>& w, std::size_t p0, const float* const* xr, const float* const*, float* out) {
+    const std::uint16_t* base[NP];
+    for (std::size_t p = 0; p < NP; ++p) base[p] = w.panel_values(std::min(p0 + p, w.panels() - 1));
+    vf acc[MR][NP * V];
+    for (std::size_t r = 0; r < MR; ++r)
+        for (std::size_t c = 0; c < NP * V; ++c) acc[r][c] = Ops::zero_f();
+    const std::size_t k = w.cols();
+    for (std::size_t col = 0; col < k; ++col) {
+        vf wf[NP * V];
+        for (std::size_t p = 0; p < NP; ++p)
+            for (std::size_t h = 0; h < V; ++h) {
+                const std::uint16_t* src = base[p] + col * kPanelRows + h * L;
+                wf[p * V + h] = std::is_same_v<Half, fp16_t> ? Ops::load_fp16(src) : Ops::load_bf16(src);
+            }
+        for (std::size_t r = 0; r < MR; ++r) {
+            const vf xb = Ops::set1(xr[r][col]);
+            for (std::size_t c = 0; c < NP * V; ++c) acc[r][c] = Ops::fma(wf[c], xb, acc[r][c]);
+        }
+    }
+    for (std::size_t r = 0; r < MR; ++r)
+        for (std::size_t c = 0; c < NP * V; ++c) Ops::storeu(out + r * NP * kPanelRows + c * L, acc[r][c]);
+}

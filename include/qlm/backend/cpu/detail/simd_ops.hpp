@@ -56,6 +56,12 @@ struct Avx512Ops {
     QLM_TARGET_AVX512 static vi set1_i(int v) { return _mm512_set1_epi32(v); }
     QLM_TARGET_AVX512 static vi sub_i(vi a, vi b) { return _mm512_sub_epi32(a, b); }
     QLM_TARGET_AVX512 static vf loadu(const float* p) { return _mm512_loadu_ps(p); }
+    QLM_TARGET_AVX512 static vf load_fp16(const std::uint16_t* p) {
+        return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    }
+    QLM_TARGET_AVX512 static vf load_bf16(const std::uint16_t* p) {  // bf16 is the top half of an fp32
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+    }
     QLM_TARGET_AVX512 static void storeu(float* p, vf v) { _mm512_storeu_ps(p, v); }
     QLM_TARGET_AVX512 static vf set1(float v) { return _mm512_set1_ps(v); }
     QLM_TARGET_AVX512 static vf mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
@@ -141,6 +147,10 @@ struct Avx2Ops {
     QLM_TARGET_AVX2 static vi set1_i(int v) { return _mm256_set1_epi32(v); }
     QLM_TARGET_AVX2 static vi sub_i(vi a, vi b) { return _mm256_sub_epi32(a, b); }
     QLM_TARGET_AVX2 static vf loadu(const float* p) { return _mm256_loadu_ps(p); }
+    QLM_TARGET_AVX2 static vf load_fp16(const std::uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+    QLM_TARGET_AVX2 static vf load_bf16(const std::uint16_t* p) {
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+    }
     QLM_TARGET_AVX2 static void storeu(float* p, vf v) { _mm256_storeu_ps(p, v); }
     QLM_TARGET_AVX2 static vf set1(float v) { return _mm256_set1_ps(v); }
     QLM_TARGET_AVX2 static vf mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
