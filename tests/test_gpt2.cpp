@@ -6,14 +6,21 @@
 #include <qlm/eval/perplexity.hpp>
 #include <qlm/io/safetensors.hpp>
 #include <qlm/kv/contiguous_cache.hpp>
+#include <qlm/model/checkpoint.hpp>
+#include <qlm/model/interop.hpp>
 #include <qlm/model/load_gpt2.hpp>
+#include <qlm/model/random_weights.hpp>
 #include <qlm/tokenizer/gpt2_tokenizer.hpp>
+
+#include "test_util.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <limits>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -31,7 +38,8 @@ std::vector<GoldenPrompt> load_golden(const std::filesystem::path& path) {
     const auto file = qlm::SafetensorsFile::open(path);
     std::vector<GoldenPrompt> prompts;
     for (int k = 0;; ++k) {
-        const std::string p = "p" + std::to_string(k) + ".";
+        std::string p = "p";  // appends only: GCC 12 reports a false -Wrestrict on "literal" + std::string temporaries
+        p += std::to_string(k) + ".";
         if (!file.contains(p + "tokens")) break;
         GoldenPrompt g;
         const auto tokens = file.view<std::int32_t>(p + "tokens");
@@ -201,6 +209,150 @@ TEST_CASE("checkpoint loading errors name the file and tensor") {
     CHECK_THROWS_AS(qlm::load_gpt2(dir), qlm::invalid_argument);
     std::ofstream(dir / "config.json") << R"({"model_type": "gpt2", "n_layer": 2)";
     CHECK_THROWS_AS(qlm::load_gpt2(dir), qlm::format_error);
+    fs::remove_all(dir);
+}
+
+namespace {
+
+// The tensors of a checkpoint as float, by stored name: read, edit, write back.
+struct FloatTensor {
+    std::vector<std::size_t> dims;
+    std::vector<float> values;
+};
+using FloatFile = std::map<std::string, FloatTensor>;
+
+FloatFile read_floats(const std::filesystem::path& file) {
+    const auto f = qlm::SafetensorsFile::open(file);
+    FloatFile out;
+    for (const auto& name : f.names()) {
+        const auto t = f.to_float(name);
+        out[name] = {f.info(name).dims, {t.span().begin(), t.span().end()}};
+    }
+    return out;
+}
+
+// `to` = a copy of the checkpoint folder `from` whose model.safetensors holds `tensors`.
+void write_copy(const std::filesystem::path& from, const std::filesystem::path& to, const FloatFile& tensors) {
+    std::filesystem::remove_all(to);
+    std::filesystem::create_directories(to);
+    std::filesystem::copy_file(from / "config.json", to / "config.json");
+    qlm::SafetensorsWriter writer;
+    for (const auto& [name, t] : tensors) writer.add(name, std::vector<std::size_t>(t.dims), std::span<const float>(t.values));
+    writer.write(to / "model.safetensors");
+}
+
+// A model of qlm_test::small_config() with random weights, saved as a float Hugging Face checkpoint
+// with no tokenizer files.
+std::filesystem::path random_checkpoint(const std::string& name) {
+    const auto dir = qlm_test::temp_dir(name);
+    qlm::save_gpt2_weights(qlm::random_gpt2_weights(qlm_test::small_config(), 3), dir);
+    return dir;
+}
+
+}  // namespace
+
+TEST_CASE("first_non_finite finds NaN and infinities, and nothing in finite data") {
+    constexpr float inf = std::numeric_limits<float>::infinity();
+    std::vector<float> v(1000, 1.0f);
+    v[7] = std::numeric_limits<float>::max();
+    v[8] = -std::numeric_limits<float>::max();
+    v[9] = std::numeric_limits<float>::denorm_min();
+    v[10] = -0.0f;
+    CHECK(qlm::detail::first_non_finite(v) == v.size());
+    CHECK(qlm::detail::first_non_finite({}) == 0);
+    for (const float bad : {std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::quiet_NaN(), inf, -inf}) {
+        for (const std::size_t at : {std::size_t{0}, std::size_t{517}, std::size_t{999}}) {
+            auto w = v;
+            w[at] = bad;
+            w[998] = at == 999 ? 1.0f : bad;  // the first one is reported
+            CHECK(qlm::detail::first_non_finite(w) == at);
+        }
+    }
+}
+
+TEST_CASE("float weights must be finite: NaN or infinity anywhere is refused, naming tensor and index") {
+    const auto dir = random_checkpoint("finite");
+    const auto weights = qlm::load_gpt2_weights(dir);  // save_gpt2_weights round-trips bit for bit
+    const auto again = qlm::random_gpt2_weights(qlm_test::small_config(), 3);
+    CHECK(std::equal(weights.wte.span().begin(), weights.wte.span().end(), again.wte.span().begin()));
+    CHECK(std::equal(weights.blocks[1].c_fc.weight().span().begin(), weights.blocks[1].c_fc.weight().span().end(),
+                     again.blocks[1].c_fc.weight().span().begin()));
+
+    const auto bad = dir.parent_path() / (dir.filename().string() + "_bad");
+    const FloatFile original = read_floats(dir / "model.safetensors");
+    struct Case {
+        std::string tensor;
+        std::size_t flat;
+        float value;
+        std::string expected;
+    };
+    const std::vector<Case> cases{
+        {"h.1.mlp.c_fc.weight", 3 * 512 + 17, std::numeric_limits<float>::quiet_NaN(), "'h.1.mlp.c_fc.weight' holds nan at [3, 17]"},
+        {"wpe.weight", 5, std::numeric_limits<float>::infinity(), "'wpe.weight' holds inf at [0, 5]"},
+        {"ln_f.bias", 127, -std::numeric_limits<float>::infinity(), "'ln_f.bias' holds -inf at [127]"},
+        {"wte.weight", 299 * 128 + 1, std::numeric_limits<float>::quiet_NaN(), "'wte.weight' holds nan at [299, 1]"},
+    };
+    for (const auto& c : cases) {
+        CAPTURE(c.tensor);
+        FloatFile edited = original;
+        edited.at(c.tensor).values.at(c.flat) = c.value;
+        write_copy(dir, bad, edited);
+        CHECK_THROWS_WITH_AS(qlm::load_gpt2(bad), doctest::Contains(c.expected.c_str()), qlm::format_error);
+        CHECK_THROWS_WITH_AS(qlm::load_any_checkpoint(bad), doctest::Contains(c.expected.c_str()), qlm::format_error);
+    }
+    std::filesystem::remove_all(bad);
+    std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("every tensor of a checkpoint must be used: fewer layers in config.json or unknown tensors are refused") {
+    namespace fs = std::filesystem;
+    const auto dir = random_checkpoint("consumed");
+    const auto copy = dir.parent_path() / (dir.filename().string() + "_copy");
+    const FloatFile original = read_floats(dir / "model.safetensors");
+    auto load_all = [](const fs::path& d) {
+        qlm::load_gpt2(d);
+        qlm::load_checkpoint(d);
+        qlm::load_any_checkpoint(d);
+    };
+
+    // config.json says 1 layer, the file holds 2: h.1 would be dropped without a word.
+    write_copy(dir, copy, original);
+    auto config = qlm_test::small_config();
+    config.n_layer = 1;
+    std::ofstream(copy / "config.json") << config.to_json().dump();
+    for (const auto& load : {+[](const fs::path& d) { qlm::load_gpt2(d); }, +[](const fs::path& d) { qlm::load_checkpoint(d); },
+                             +[](const fs::path& d) { qlm::load_any_checkpoint(d); }})
+        CHECK_THROWS_WITH_AS(load(copy), doctest::Contains("12 tensor(s) that the model described by its config.json does not use: "
+                                                           "h.1.attn.c_attn.bias, h.1.attn.c_attn.weight"),
+                             qlm::format_error);
+
+    // A tensor no GPT-2 has.
+    FloatFile extra = original;
+    extra["h.0.attn.rotary.inv_freq"] = {{4}, {1, 2, 3, 4}};
+    write_copy(dir, copy, extra);
+    CHECK_THROWS_WITH_AS(load_all(copy), doctest::Contains("1 tensor(s) that the model described by its config.json does not use: "
+                                                           "h.0.attn.rotary.inv_freq"),
+                         qlm::format_error);
+
+    // Hugging Face's attention buffers (older transformers saved them) and an lm_head equal to wte are read or ignored.
+    FloatFile hf = original;
+    const std::size_t P = qlm_test::small_config().n_positions;
+    hf["h.0.attn.bias"] = {{1, 1, P, P}, std::vector<float>(P * P, 1.0f)};
+    hf["h.1.attn.bias"] = {{1, 1, P, P}, std::vector<float>(P * P, 1.0f)};
+    hf["h.0.attn.masked_bias"] = {{}, {-1e4f}};
+    hf["lm_head.weight"] = original.at("wte.weight");
+    write_copy(dir, copy, hf);
+    CHECK_NOTHROW(load_all(copy));
+    CHECK(!qlm::load_gpt2_weights(copy).untied_head);
+    const auto golden = read_floats(kRoot / "tests/data/golden_random_model/model.safetensors");  // "transformer." names
+    FloatFile prefixed = golden;
+    prefixed["transformer.h.1.attn.bias"] = {{1, 1, 64, 64}, std::vector<float>(64 * 64, 1.0f)};
+    write_copy(kRoot / "tests/data/golden_random_model", copy, prefixed);
+    CHECK_NOTHROW(load_all(copy));
+    prefixed["transformer.h.2.attn.c_proj.weight"] = prefixed.at("transformer.h.1.attn.c_proj.weight");  // but not a third layer
+    write_copy(kRoot / "tests/data/golden_random_model", copy, prefixed);
+    CHECK_THROWS_WITH_AS(qlm::load_gpt2(copy), doctest::Contains("transformer.h.2.attn.c_proj.weight"), qlm::format_error);
+    fs::remove_all(copy);
     fs::remove_all(dir);
 }
 
