@@ -59,7 +59,7 @@ int main(int argc, char** argv) try {
     const std::string markdown_path = args.get("markdown", "");
     std::size_t prompt_tokens = args.number<std::size_t>("prompt-tokens", 128);
     const std::size_t decode_tokens = args.number<std::size_t>("decode-tokens", 64);
-    const std::size_t threads = args.number<std::size_t>("threads", 0);
+    const std::size_t threads = args.threads();
     args.reject_unknown();
 
     qlm::ThreadPool pool(threads);
@@ -136,7 +136,6 @@ int main(int argc, char** argv) try {
         if (!out) throw qlm::io_error("cannot write " + markdown_path);
     }
     return 0;
-} catch (const qlm::error& e) {
-    std::fprintf(stderr, "qlm-eval: %s\n", e.what());
-    return 1;
+} catch (const std::exception& e) {
+    return qlm::cli::fail("qlm-eval", e);
 }

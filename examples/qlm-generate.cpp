@@ -46,7 +46,7 @@ int main(int argc, char** argv) try {
     options.sampling.seed = args.number<std::uint64_t>("seed", 42);
     options.sampling.stop = args.all("stop");
     options.sampling.validate();
-    const std::size_t threads = args.number<std::size_t>("threads", 0);
+    const std::size_t threads = args.threads();
     const bool quiet = args.has("quiet");
     const bool compare = args.has("compare-cache");
     options.cache = args.has("no-cache") ? qlm::CacheMode::recompute : qlm::CacheMode::kv_cache;
@@ -96,7 +96,6 @@ int main(int argc, char** argv) try {
                      cached.tokens == uncached.tokens ? "yes" : "no");
     }
     return 0;
-} catch (const qlm::error& e) {
-    std::fprintf(stderr, "qlm-generate: %s\n", e.what());
-    return 1;
+} catch (const std::exception& e) {
+    return qlm::cli::fail("qlm-generate", e);
 }

@@ -78,7 +78,7 @@ int main(int argc, char** argv) try {
     cal_options.sample_tokens = args.number<std::size_t>("sample-tokens", 512);
     cal_options.seed = args.number<std::uint64_t>("seed", 0);
     const std::string autogptq_dir = args.get("export-autogptq", "");
-    const std::size_t threads = args.number<std::size_t>("threads", 0);
+    const std::size_t threads = args.threads();
     const bool verbose = args.has("verbose");
     args.reject_unknown();
     if (out.empty()) throw qlm::invalid_argument("--out DIR is required");
@@ -121,7 +121,6 @@ int main(int argc, char** argv) try {
     std::printf("model: %.2f MB (fp32 %.2f MB), compression %.2fx; written to %s\n", report.total_bytes() / 1e6,
                 report.fp32_bytes() / 1e6, report.compression(), out.c_str());
     return 0;
-} catch (const qlm::error& e) {
-    std::fprintf(stderr, "qlm-quantize: %s\n", e.what());
-    return 1;
+} catch (const std::exception& e) {
+    return qlm::cli::fail("qlm-quantize", e);
 }
