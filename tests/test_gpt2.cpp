@@ -427,6 +427,35 @@ TEST_CASE("greedy generation is deterministic and identical with and without the
     CHECK(stopped.tokens.size() < options.sampling.max_tokens);
 }
 
+TEST_CASE("perplexity refuses windows and strides that would score nothing or skip tokens") {
+    const auto cfg = qlm_test::small_config();
+    const auto model = qlm::make_float_model(qlm::random_gpt2_weights(cfg, 4));
+    const auto tokens = qlm_test::token_stream(40, cfg.vocab_size);
+    qlm::ThreadPool pool(1);
+    qlm::PerplexityOptions options;
+    options.max_length = 1;  // was: perplexity -nan, 0 tokens scored
+    CHECK_THROWS_WITH_AS(qlm::perplexity(pool, model, tokens, options), doctest::Contains("window of 1 token(s) scores nothing"),
+                         qlm::invalid_argument);
+    options.stride = 1;
+    CHECK_THROWS_AS(qlm::perplexity(pool, model, tokens, options), qlm::invalid_argument);
+    options.max_length = 4;
+    options.stride = 5;
+    CHECK_THROWS_WITH_AS(qlm::perplexity(pool, model, tokens, options), doctest::Contains("stride of 5 exceeds the window of 4"),
+                         qlm::invalid_argument);
+    options.max_length = cfg.n_positions + 1;
+    options.stride = 0;
+    CHECK_THROWS_AS(qlm::perplexity(pool, model, tokens, options), qlm::invalid_argument);
+
+    // The smallest window scores every token but the first; windows that do not overlap skip each window's first.
+    options.max_length = 2;
+    const auto two = qlm::perplexity(pool, model, tokens, options);
+    CHECK(two.stride == 1);
+    CHECK(two.scored_tokens == tokens.size() - 1);
+    CHECK(std::isfinite(two.perplexity));
+    options.stride = 2;
+    CHECK(qlm::perplexity(pool, model, tokens, options).scored_tokens == tokens.size() / 2);
+}
+
 namespace {
 
 // qlm's sliding-window perplexity of the bundled model against tools/reference_perplexity.py's (float64).
