@@ -427,6 +427,78 @@ TEST_CASE("greedy generation is deterministic and identical with and without the
     CHECK(stopped.tokens.size() < options.sampling.max_tokens);
 }
 
+TEST_CASE("generation from token ids: any checkpoint, no tokenizer, the same ids as the text path") {
+    // A model folder without tokenizer files (like Hugging Face's tiny test models without GPT-2's byte tokens).
+    const auto dir = random_checkpoint("generate_ids");
+    REQUIRE_THROWS_AS(qlm::GPT2Tokenizer::from_directory(dir), qlm::error);
+    const auto model = qlm::load_any_checkpoint(dir).model;
+    const auto& cfg = model.config();
+    qlm::ThreadPool pool(2);
+    qlm::GenerateOptions options;
+    options.sampling.temperature = 0.0f;
+    options.sampling.max_tokens = 12;
+    options.eos_token_id = cfg.eos_token_id;  // 50256: outside this 300-token vocabulary, never sampled
+    const std::vector<std::int32_t> prompt{5, 17, 299, 0, 42};
+
+    // Reference: greedy decoding written out with the forward pass.
+    std::vector<std::int32_t> expected, context = prompt;
+    {
+        qlm::ContiguousKVCache cache(cfg.n_layer, cfg.n_positions, cfg.n_embd);
+        qlm::ForwardWorkspace ws;
+        auto logits = model.forward(pool, cache, std::span<const std::int32_t>(context), ws);
+        while (expected.size() < options.sampling.max_tokens) {
+            expected.push_back(qlm::Sampler::argmax(logits));
+            logits = model.forward(pool, cache, std::span<const std::int32_t>(&expected.back(), 1), ws);
+        }
+    }
+    std::vector<std::int32_t> streamed;
+    options.on_token = [&](std::int32_t t) { streamed.push_back(t); };
+    const auto result = qlm::generate(pool, model, prompt, options);
+    CHECK(result.prompt_tokens == prompt);
+    CHECK(result.tokens == expected);
+    CHECK(streamed == expected);
+    CHECK(result.text.empty());
+    CHECK(result.finish_reason == qlm::FinishReason::length);
+    options.on_token = nullptr;
+    options.cache = qlm::CacheMode::recompute;
+    CHECK(qlm::generate(pool, model, prompt, options).tokens == expected);
+
+    // With a tokenizer the ids are the same and the text is theirs.
+    const auto tokenizer = qlm::GPT2Tokenizer::from_directory(kRoot / "models/gpt2-tiny-kjv");
+    const auto with_text = qlm::generate(pool, model, tokenizer, prompt, options);
+    CHECK(with_text.tokens == expected);
+    CHECK(with_text.text == tokenizer.decode(expected));
+
+    // What the ids path refuses.
+    options.sampling.stop = {"x"};
+    CHECK_THROWS_WITH_AS(qlm::generate(pool, model, prompt, options), doctest::Contains("stop strings need a tokenizer"),
+                         qlm::invalid_argument);
+    options.sampling.stop.clear();
+    CHECK_THROWS_AS(qlm::generate(pool, model, std::vector<std::int32_t>{}, options), qlm::invalid_argument);
+    CHECK_THROWS_AS(qlm::generate(pool, model, std::vector<std::int32_t>{1, 300}, options), qlm::invalid_argument);
+    CHECK_THROWS_AS(qlm::generate(pool, model, std::vector<std::int32_t>{-1}, options), qlm::invalid_argument);
+    CHECK_THROWS_AS(qlm::generate(pool, model, std::vector<std::int32_t>(cfg.n_positions, 1), options), qlm::capacity_error);
+    std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("a text prompt generates what its token ids generate") {
+    const auto model = qlm::load_gpt2(kRoot / "models/gpt2-tiny-kjv");
+    const auto tokenizer = qlm::GPT2Tokenizer::from_directory(kRoot / "models/gpt2-tiny-kjv");
+    qlm::ThreadPool pool(2);
+    qlm::GenerateOptions options;
+    options.sampling.temperature = 0.7f;
+    options.sampling.seed = 3;
+    options.sampling.max_tokens = 16;
+    options.sampling.ignore_eos = true;
+    const std::string prompt = "In the beginning";
+    const auto ids = tokenizer.encode(prompt);
+    const auto from_text = qlm::generate(pool, model, tokenizer, prompt, options);
+    const auto from_ids = qlm::generate(pool, model, ids, options);
+    CHECK(from_text.prompt_tokens == ids);
+    CHECK(from_text.tokens == from_ids.tokens);
+    CHECK(from_text.tokens.size() == 16);
+}
+
 TEST_CASE("perplexity refuses windows and strides that would score nothing or skip tokens") {
     const auto cfg = qlm_test::small_config();
     const auto model = qlm::make_float_model(qlm::random_gpt2_weights(cfg, 4));
