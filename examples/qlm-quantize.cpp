@@ -7,9 +7,11 @@
 #include <qlm/model/quantize.hpp>
 #include <qlm/tokenizer/gpt2_tokenizer.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <string>
+#include <system_error>
 
 namespace {
 
@@ -37,6 +39,26 @@ const char* kUsage = R"(usage: qlm-quantize --model DIR --method METHOD --out DI
   --threads N            default: all cores
   --verbose              print every tensor in the size report
 )";
+
+// `p` with every symbolic link resolved (as far as it exists) and no trailing separator.
+std::filesystem::path resolved(const std::filesystem::path& p) {
+    std::filesystem::path r = std::filesystem::weakly_canonical(std::filesystem::absolute(p));
+    return r.has_filename() ? r : r.parent_path();
+}
+
+// Refuses to write `out` (given as --`option`) where it would replace or alter the input model:
+// its directory (also through a symbolic link or a bind mount) or a directory inside it. A parent
+// of the input is allowed: the files land next to the input's folder and none of its own changes.
+void check_output_dir(const std::filesystem::path& out, const std::filesystem::path& model_dir, const char* option) {
+    const std::filesystem::path target = resolved(out), model = resolved(model_dir);
+    std::error_code ec;  // equivalent() fails, with no exception, when `out` does not exist yet
+    const bool same = target == model || std::filesystem::equivalent(out, model_dir, ec);
+    const bool inside = std::mismatch(model.begin(), model.end(), target.begin(), target.end()).first == model.end();
+    if (same || inside)
+        throw qlm::invalid_argument("option --" + std::string(option) + " " + out.string() + (same ? " is" : " is inside") +
+                                    " the input model's directory " + model.string() +
+                                    ": writing there would replace or alter the model being quantized; choose another directory");
+}
 
 void progress_bar(const qlm::QuantizeProgress& p) {
     const int width = 30;
@@ -82,6 +104,14 @@ int main(int argc, char** argv) try {
     const bool verbose = args.has("verbose");
     args.reject_unknown();
     if (out.empty()) throw qlm::invalid_argument("--out DIR is required");
+    check_output_dir(out, model_dir, "out");
+    if (!autogptq_dir.empty()) {
+        check_output_dir(autogptq_dir, model_dir, "export-autogptq");
+        std::error_code ec;
+        if (resolved(autogptq_dir) == resolved(out) || std::filesystem::equivalent(autogptq_dir, out, ec))
+            throw qlm::invalid_argument("options --export-autogptq and --out name the same directory " + out +
+                                        ": each writes its own config.json and model.safetensors there");
+    }
 
     qlm::ThreadPool pool(threads);
     auto weights = qlm::load_gpt2_weights(model_dir);

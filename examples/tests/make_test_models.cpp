@@ -3,6 +3,7 @@
 //   float/          2 layers, n_embd 128, vocabulary 300, context 64
 //   nan/            h.1.mlp.c_fc.weight[3, 17] = NaN
 //   fewer_layers/   config.json says n_layer 1
+//   parent/child/   a copy one level down; link -> float (a symbolic link)
 //   short.txt       a few lines of text
 #include <qlm/model/load_gpt2.hpp>
 #include <qlm/model/random_weights.hpp>
@@ -70,6 +71,8 @@ int main(int argc, char** argv) try {
     copy_model(dir / "float", dir / "nan",
                [](FloatFile& t) { t.at("h.1.mlp.c_fc.weight").values.at(3 * 512 + 17) = std::numeric_limits<float>::quiet_NaN(); });
     copy_model(dir / "float", dir / "fewer_layers", [](FloatFile&) {}, [](qlm::GPT2Config& c) { c.n_layer = 1; });
+    copy_model(dir / "float", dir / "parent" / "child", [](FloatFile&) {});
+    fs::create_directory_symlink("float", dir / "link");
     std::ofstream(dir / "short.txt") << "In the beginning God created the heaven and the earth.\n"
                                         "And the earth was without form, and void; and darkness was upon the face of the deep.\n";
     return 0;
