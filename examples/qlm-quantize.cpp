@@ -147,7 +147,11 @@ int main(int argc, char** argv) try {
                 result.seconds);
     std::printf("linear layers: %zu weights, %.2f MB, %.3f bytes/weight (fp32: 4)\n", report.linear_params, report.linear_bytes / 1e6,
                 report.linear_bytes_per_weight());
-    std::printf("other tensors (embeddings, norms, biases): %.2f MB fp32\n", report.other_bytes / 1e6);
+    if (report.embedding_kind == "fp32")
+        std::printf("embeddings, norms, biases: %.2f MB fp32\n", report.other_bytes / 1e6);
+    else
+        std::printf("embeddings, norms, biases: %.2f MB (wte at %s, the rest fp32)\n", report.other_bytes / 1e6,
+                    report.embedding_kind.c_str());
     std::printf("model: %.2f MB (fp32 %.2f MB), compression %.2fx; written to %s\n", report.total_bytes() / 1e6,
                 report.fp32_bytes() / 1e6, report.compression(), out.c_str());
     return 0;

@@ -196,6 +196,20 @@ TEST_CASE("corrupt or inconsistent quantized checkpoints give clear errors") {
     fs::remove_all(dir);
 }
 
+TEST_CASE("size report: the tied embedding's storage is named, not assumed fp32") {
+    qlm::ThreadPool pool(1);
+    const auto weights = qlm::random_gpt2_weights(small_config(), 1);
+    CHECK(qlm::size_report(qlm::to_any_linear(weights)).embedding_kind == "fp32");
+    qlm::QuantizeOptions options;
+    options.weights = {4, qlm::GranularityKind::per_group, 64, true};
+    CHECK(qlm::size_report(qlm::quantize_gpt2(pool, weights, options).model).embedding_kind == "fp32");
+    options.quantize_head = true;
+    const auto head8 = qlm::size_report(qlm::quantize_gpt2(pool, weights, options).model);
+    CHECK(head8.embedding_kind == "w8-channel-sym");
+    const auto& c = small_config();
+    CHECK(head8.other_bytes < 4 * c.vocab_size * c.n_embd);  // the embedding at 8 bits, not 32
+}
+
 TEST_CASE("qlm checkpoints: tensors the model does not use, and non-finite scales, are refused") {
     qlm::ThreadPool pool(1);
     const auto weights = qlm::random_gpt2_weights(small_config(), 2);
