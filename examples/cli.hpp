@@ -1,12 +1,16 @@
 #pragma once
 // Minimal command-line parsing shared by the qlm example tools.
 #include <qlm/core/error.hpp>
+#include <qlm/core/thread_pool.hpp>
 
+#include <algorithm>
 #include <charconv>
 #include <cstdio>
+#include <exception>
 #include <map>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 namespace qlm::cli {
@@ -63,10 +67,35 @@ public:
             if (!known_.count(name)) throw invalid_argument("unknown option --" + name);
     }
 
+    // --threads N (0, the default: every hardware thread). Refuses more than 8 threads per hardware
+    // thread: qlm's pool splits every loop into one chunk per thread and waits for the slowest, so
+    // threads beyond the cores only take turns (spinning at each loop's end); a number that large
+    // is a typo, not a setting.
+    std::size_t threads() const {
+        const std::size_t n = number<std::size_t>("threads", 0);
+        const std::size_t hardware = std::thread::hardware_concurrency();
+        const std::size_t limit = hardware ? std::min(ThreadPool::max_threads(), 8 * hardware) : ThreadPool::max_threads();
+        if (n > limit)
+            throw invalid_argument("option --threads: " + std::to_string(n) + " is more than this machine can use: at most " +
+                                   std::to_string(limit) + " (8 per hardware thread; it has " + std::to_string(hardware) +
+                                   "), or 0 for one per hardware thread");
+        return n;
+    }
+
 private:
     void used(const std::string& name) const { known_[name] = true; }
     std::map<std::string, std::vector<std::string>> values_;
     mutable std::map<std::string, bool> known_;
 };
+
+// A tool's last word on an exception: "<tool>: error: <message>" on stderr, and exit status 1.
+// Every tool's main() ends in `catch (const std::exception& e) { return qlm::cli::fail("qlm-x", e); }`,
+// so a bad allocation or a refused thread is reported like a bad option, never as an abort.
+inline int fail(const char* tool, const std::exception& e) {
+    std::string_view message = e.what();
+    if (message.starts_with("qlm: ")) message.remove_prefix(5);  // the tool's name already says where
+    std::fprintf(stderr, "%s: error: %.*s\n", tool, static_cast<int>(message.size()), message.data());
+    return 1;
+}
 
 }  // namespace qlm::cli

@@ -124,7 +124,7 @@ int main(int argc, char** argv) try {
     }
     const std::string model_dir = args.get("model", "");
     const std::string shape = args.get("shape", "124m");
-    const std::size_t threads = args.number<std::size_t>("threads", 0);
+    const std::size_t threads = args.threads();
     const std::size_t prompt_tokens = args.number<std::size_t>("prompt-tokens", 128);
     const std::size_t decode_tokens = args.number<std::size_t>("decode-tokens", 128);
     const int reps = args.number<int>("repetitions", 3);
@@ -214,7 +214,6 @@ int main(int argc, char** argv) try {
         std::fflush(stdout);
     }
     return 0;
-} catch (const qlm::error& e) {
-    std::fprintf(stderr, "qlm-bench: %s\n", e.what());
-    return 1;
+} catch (const std::exception& e) {
+    return qlm::cli::fail("qlm-bench", e);
 }

@@ -27,18 +27,24 @@ const char* kUsage = R"(usage: qlm-eval --model DIR [--model DIR ...] [options]
   --max-length N       perplexity window (default: the model's context)
   --stride N           perplexity stride (default: max-length / 2)
   --report             also measure size and speed; print the comparison table
-  --json FILE          write the report as JSON
-  --markdown FILE      write the report as a Markdown table
+  --json FILE          write the results (the report with --report) as JSON
+  --markdown FILE      write the results (the report with --report) as a Markdown table
   --prompt-tokens N    speed test prompt length (default 128, at most half the context)
-  --decode-tokens N    speed test decode steps (default 64)
+  --decode-tokens N    speed test decode steps (default 64, at least 1)
   --threads N          default: all cores
 )";
 
 struct Row {
     std::string name, path, method, scheme;
     double size_mb = 0, compression = 0, prefill = 0, decode = 0, perplexity = 0, seconds = 0;
-    std::size_t scored_tokens = 0;
+    std::size_t scored_tokens = 0, max_length = 0, stride = 0;
 };
+
+void write_file(const std::string& path, const std::string& text) {
+    std::ofstream out(path);
+    out << text;
+    if (!out) throw qlm::io_error("cannot write " + path);
+}
 
 }  // namespace
 
@@ -59,8 +65,10 @@ int main(int argc, char** argv) try {
     const std::string markdown_path = args.get("markdown", "");
     std::size_t prompt_tokens = args.number<std::size_t>("prompt-tokens", 128);
     const std::size_t decode_tokens = args.number<std::size_t>("decode-tokens", 64);
-    const std::size_t threads = args.number<std::size_t>("threads", 0);
+    const std::size_t threads = args.threads();
     args.reject_unknown();
+    if (report && decode_tokens == 0)
+        throw qlm::invalid_argument("option --decode-tokens: 0 steps measure no decode speed, and the report compares it; give at least 1");
 
     qlm::ThreadPool pool(threads);
     const auto tokenizer = qlm::GPT2Tokenizer::from_directory(models.front());
@@ -82,6 +90,8 @@ int main(int argc, char** argv) try {
         const auto ppl = qlm::perplexity(pool, model, tokens, po);
         row.perplexity = ppl.perplexity;
         row.scored_tokens = ppl.scored_tokens;
+        row.max_length = ppl.max_length;
+        row.stride = ppl.stride;
         row.seconds = ppl.seconds;
         if (report) {
             const auto size = qlm::size_report(model);
@@ -97,14 +107,27 @@ int main(int argc, char** argv) try {
         rows.push_back(row);
     }
 
+    nlohmann::json json = {{"text", text_path}, {"tokens", tokens.size()}, {"threads", pool.size()}, {"models", nlohmann::json::array()}};
     if (!report) {
-        for (const auto& r : rows) std::printf("%s\t%.4f\n", r.name.c_str(), r.perplexity);
+        std::string md = "| model | method | scheme | perplexity | tokens scored | window | stride |\n|---|---|---|---:|---:|---:|---:|\n";
+        for (const auto& r : rows) {
+            std::printf("%s\t%.4f\n", r.name.c_str(), r.perplexity);
+            char line[512];
+            std::snprintf(line, sizeof line, "| %s | %s | %s | %.4f | %zu | %zu | %zu |\n", r.name.c_str(), r.method.c_str(),
+                          r.scheme.c_str(), r.perplexity, r.scored_tokens, r.max_length, r.stride);
+            md += line;
+            json["models"].push_back({{"name", r.name}, {"path", r.path}, {"method", r.method}, {"scheme", r.scheme},
+                                      {"perplexity", r.perplexity}, {"scored_tokens", r.scored_tokens}, {"max_length", r.max_length},
+                                      {"stride", r.stride}, {"seconds", r.seconds}});
+        }
+        if (!json_path.empty()) write_file(json_path, json.dump(2) + "\n");
+        if (!markdown_path.empty()) write_file(markdown_path, md);
         return 0;
     }
     const Row& base = rows.front();
-    nlohmann::json json = {{"text", text_path}, {"tokens", tokens.size()}, {"threads", pool.size()},
-                           {"prompt_tokens", prompt_tokens}, {"decode_tokens", decode_tokens}, {"baseline", base.name},
-                           {"models", nlohmann::json::array()}};
+    json["prompt_tokens"] = prompt_tokens;
+    json["decode_tokens"] = decode_tokens;
+    json["baseline"] = base.name;
     std::string md = "| model | method | scheme | size MB | compression | prefill tok/s | decode tok/s | speed-up | perplexity | degradation |\n"
                      "|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n";
     std::printf("\n%-18s %-13s %-14s %9s %7s %11s %11s %8s %11s %17s\n", "model", "method", "scheme", "size MB", "compr.",
@@ -125,18 +148,9 @@ int main(int argc, char** argv) try {
                                   {"decode_tokens_per_second", r.decode}, {"speedup", speedup}, {"perplexity", r.perplexity},
                                   {"degradation", delta}, {"degradation_percent", pct}, {"scored_tokens", r.scored_tokens}});
     }
-    if (!json_path.empty()) {
-        std::ofstream out(json_path);
-        out << json.dump(2) << "\n";
-        if (!out) throw qlm::io_error("cannot write " + json_path);
-    }
-    if (!markdown_path.empty()) {
-        std::ofstream out(markdown_path);
-        out << md;
-        if (!out) throw qlm::io_error("cannot write " + markdown_path);
-    }
+    if (!json_path.empty()) write_file(json_path, json.dump(2) + "\n");
+    if (!markdown_path.empty()) write_file(markdown_path, md);
     return 0;
-} catch (const qlm::error& e) {
-    std::fprintf(stderr, "qlm-eval: %s\n", e.what());
-    return 1;
+} catch (const std::exception& e) {
+    return qlm::cli::fail("qlm-eval", e);
 }

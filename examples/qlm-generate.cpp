@@ -1,14 +1,18 @@
-// qlm-generate: load a GPT-2 checkpoint (the bundled model by default) and generate text.
+// qlm-generate: load a GPT-2 checkpoint (the bundled model by default) and generate text, or
+// token ids (--prompt-ids / --print-ids: any checkpoint, with or without usable tokenizer files).
 #include "cli.hpp"
 
 #include <qlm/engine/generate.hpp>
 #include <qlm/model/interop.hpp>
 #include <qlm/tokenizer/gpt2_tokenizer.hpp>
 
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <optional>
 #include <string>
+#include <vector>
 
 namespace {
 
@@ -16,28 +20,58 @@ const char* kUsage = R"(usage: qlm-generate [options]
   --model DIR         Hugging Face GPT-2, qlm, AutoGPTQ or AutoAWQ checkpoint (config.json, model.safetensors, tokenizer files)
                       default: the bundled model, )" QLM_SOURCE_DIR R"(/models/gpt2-tiny-kjv
   --prompt TEXT       default "Once upon a time"
+  --prompt-ids LIST   the prompt as comma-separated token ids, e.g. 464,2068 (instead of --prompt)
+  --print-ids         print the generated token ids, comma-separated, instead of text; with --prompt-ids
+                      no tokenizer is needed (nor loaded), so any checkpoint can run
   --max-tokens N      tokens to generate (default 64)
   --temperature T     0 = greedy (default 0.8)
   --top-k K           0 = off (default 40)
   --top-p P           (0, 1] (default 0.95)
   --seed S            sampling seed (default 42)
-  --stop TEXT         stop when the output contains TEXT (repeatable)
+  --stop TEXT         stop when the output contains TEXT (repeatable; needs the tokenizer)
   --threads N         default: all cores
   --no-cache          recompute the whole prefix every step (no KV cache)
   --compare-cache     generate with and without the KV cache and report the speed-up
-  --quiet             print only the generated text
+  --quiet             print only the generated text (or ids)
 )";
+
+// "464,2068,1" -> {464, 2068, 1}
+std::vector<std::int32_t> parse_ids(const std::string& list) {
+    std::vector<std::int32_t> ids;
+    std::size_t at = 0;
+    while (at <= list.size()) {
+        const std::size_t comma = std::min(list.find(',', at), list.size());
+        const std::string item = list.substr(at, comma - at);
+        std::int32_t id = 0;
+        const auto [end, ec] = std::from_chars(item.data(), item.data() + item.size(), id);
+        if (item.empty() || ec != std::errc() || end != item.data() + item.size() || id < 0)
+            throw qlm::invalid_argument("option --prompt-ids: '" + item + "' is not a token id (expected comma-separated integers >= 0)");
+        ids.push_back(id);
+        at = comma + 1;
+    }
+    return ids;
+}
+
+std::string ids_text(const std::vector<std::int32_t>& ids) {
+    std::string out;
+    for (std::size_t i = 0; i < ids.size(); ++i) out += (i ? "," : "") + std::to_string(ids[i]);
+    return out;
+}
 
 }  // namespace
 
 int main(int argc, char** argv) try {
-    const qlm::cli::Args args(argc, argv, {"no-cache", "compare-cache", "quiet", "help"});
+    const qlm::cli::Args args(argc, argv, {"no-cache", "compare-cache", "quiet", "print-ids", "help"});
     if (args.has("help")) {
         std::fputs(kUsage, stdout);
         return 0;
     }
     const std::string model_dir = args.get("model", std::string(QLM_SOURCE_DIR) + "/models/gpt2-tiny-kjv");
+    if (args.has("prompt") && args.has("prompt-ids")) throw qlm::invalid_argument("give --prompt or --prompt-ids, not both");
     const std::string prompt = args.get("prompt", "Once upon a time");
+    const std::optional<std::vector<std::int32_t>> prompt_ids =
+        args.has("prompt-ids") ? std::optional(parse_ids(args.get("prompt-ids", ""))) : std::nullopt;
+    const bool print_ids = args.has("print-ids");
     qlm::GenerateOptions options;
     options.sampling.max_tokens = args.number<std::size_t>("max-tokens", 64);
     options.sampling.temperature = args.number<float>("temperature", 0.8f);
@@ -46,7 +80,7 @@ int main(int argc, char** argv) try {
     options.sampling.seed = args.number<std::uint64_t>("seed", 42);
     options.sampling.stop = args.all("stop");
     options.sampling.validate();
-    const std::size_t threads = args.number<std::size_t>("threads", 0);
+    const std::size_t threads = args.threads();
     const bool quiet = args.has("quiet");
     const bool compare = args.has("compare-cache");
     options.cache = args.has("no-cache") ? qlm::CacheMode::recompute : qlm::CacheMode::kv_cache;
@@ -55,27 +89,49 @@ int main(int argc, char** argv) try {
     const auto t0 = std::chrono::steady_clock::now();
     const auto loaded = qlm::load_any_checkpoint(model_dir);
     const auto& model = loaded.model;
-    const auto tokenizer = qlm::GPT2Tokenizer::from_directory(model_dir);
+    std::optional<qlm::GPT2Tokenizer> tokenizer;
+    if (!prompt_ids || !print_ids || !options.sampling.stop.empty()) {
+        try {
+            tokenizer = qlm::GPT2Tokenizer::from_directory(model_dir);
+        } catch (const qlm::error& e) {
+            throw qlm::error(std::string(e.what()) + " (--prompt-ids with --print-ids runs without a tokenizer)");
+        }
+    }
     const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     options.eos_token_id = model.config().eos_token_id;
     qlm::ThreadPool pool(threads);
 
+    auto run = [&](const qlm::GenerateOptions& o) {
+        if (!prompt_ids) return qlm::generate(pool, model, *tokenizer, prompt, o);
+        return tokenizer ? qlm::generate(pool, model, *tokenizer, *prompt_ids, o) : qlm::generate(pool, model, *prompt_ids, o);
+    };
     if (!quiet) {
         const auto& c = model.config();
         std::fprintf(stderr, "qlm-generate: %s: %zu layers, %zu heads, n_embd %zu, context %zu, %s (%s), %.1f MB, loaded in %.2f s, %zu threads\n",
                      model_dir.c_str(), c.n_layer, c.n_head, c.n_embd, c.n_positions, loaded.info.method.c_str(),
                      loaded.info.method == "fp32" ? "fp32" : qlm::to_string(loaded.info.weights).c_str(),
                      model.parameter_bytes() / 1e6, load_seconds, pool.size());
-        std::printf("%s", prompt.c_str());
-        std::fflush(stdout);
-        options.on_token = [&](std::int32_t token) {
-            std::printf("%s", tokenizer.token_text(token).c_str());
+        if (print_ids) {
+            options.on_token = [first = true](std::int32_t token) mutable {
+                std::printf("%s%d", first ? "" : ",", token);
+                std::fflush(stdout);
+                first = false;
+            };
+        } else {
+            std::printf("%s", prompt_ids ? tokenizer->decode(*prompt_ids).c_str() : prompt.c_str());
             std::fflush(stdout);
-        };
+            options.on_token = [&](std::int32_t token) {
+                std::printf("%s", tokenizer->token_text(token).c_str());
+                std::fflush(stdout);
+            };
+        }
     }
-    const auto result = qlm::generate(pool, model, tokenizer, prompt, options);
+    const auto result = run(options);
     if (quiet) {
-        std::printf("%s%s\n", prompt.c_str(), result.text.c_str());
+        if (print_ids)
+            std::printf("%s\n", ids_text(result.tokens).c_str());
+        else
+            std::printf("%s%s\n", prompt_ids ? tokenizer->decode(*prompt_ids).c_str() : prompt.c_str(), result.text.c_str());
     } else {
         std::printf("\n");
         std::fprintf(stderr, "\nprompt: %zu tokens, %.1f tokens/s | generated: %zu tokens, %.1f tokens/s (%s) | finish: %s\n",
@@ -87,7 +143,7 @@ int main(int argc, char** argv) try {
         auto other = options;
         other.on_token = nullptr;
         other.cache = options.cache == qlm::CacheMode::kv_cache ? qlm::CacheMode::recompute : qlm::CacheMode::kv_cache;
-        const auto second = qlm::generate(pool, model, tokenizer, prompt, other);
+        const auto second = run(other);
         const auto& cached = options.cache == qlm::CacheMode::kv_cache ? result : second;
         const auto& uncached = options.cache == qlm::CacheMode::kv_cache ? second : result;
         std::fprintf(stderr, "KV cache: %.1f tokens/s, no cache: %.1f tokens/s, speed-up %.1fx over %zu tokens; same tokens: %s\n",
@@ -96,7 +152,6 @@ int main(int argc, char** argv) try {
                      cached.tokens == uncached.tokens ? "yes" : "no");
     }
     return 0;
-} catch (const qlm::error& e) {
-    std::fprintf(stderr, "qlm-generate: %s\n", e.what());
-    return 1;
+} catch (const std::exception& e) {
+    return qlm::cli::fail("qlm-generate", e);
 }

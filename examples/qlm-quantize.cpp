@@ -7,9 +7,11 @@
 #include <qlm/model/quantize.hpp>
 #include <qlm/tokenizer/gpt2_tokenizer.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <string>
+#include <system_error>
 
 namespace {
 
@@ -38,6 +40,26 @@ const char* kUsage = R"(usage: qlm-quantize --model DIR --method METHOD --out DI
   --threads N            default: all cores
   --verbose              print every tensor in the size report
 )";
+
+// `p` with every symbolic link resolved (as far as it exists) and no trailing separator.
+std::filesystem::path resolved(const std::filesystem::path& p) {
+    std::filesystem::path r = std::filesystem::weakly_canonical(std::filesystem::absolute(p));
+    return r.has_filename() ? r : r.parent_path();
+}
+
+// Refuses to write `out` (given as --`option`) where it would replace or alter the input model:
+// its directory (also through a symbolic link or a bind mount) or a directory inside it. A parent
+// of the input is allowed: the files land next to the input's folder and none of its own changes.
+void check_output_dir(const std::filesystem::path& out, const std::filesystem::path& model_dir, const char* option) {
+    const std::filesystem::path target = resolved(out), model = resolved(model_dir);
+    std::error_code ec;  // equivalent() fails, with no exception, when `out` does not exist yet
+    const bool same = target == model || std::filesystem::equivalent(out, model_dir, ec);
+    const bool inside = std::mismatch(model.begin(), model.end(), target.begin(), target.end()).first == model.end();
+    if (same || inside)
+        throw qlm::invalid_argument("option --" + std::string(option) + " " + out.string() + (same ? " is" : " is inside") +
+                                    " the input model's directory " + model.string() +
+                                    ": writing there would replace or alter the model being quantized; choose another directory");
+}
 
 void progress_bar(const qlm::QuantizeProgress& p) {
     const int width = 30;
@@ -80,10 +102,18 @@ int main(int argc, char** argv) try {
     cal_options.sample_tokens = args.number<std::size_t>("sample-tokens", 512);
     cal_options.seed = args.number<std::uint64_t>("seed", 0);
     const std::string autogptq_dir = args.get("export-autogptq", "");
-    const std::size_t threads = args.number<std::size_t>("threads", 0);
+    const std::size_t threads = args.threads();
     const bool verbose = args.has("verbose");
     args.reject_unknown();
     if (out.empty()) throw qlm::invalid_argument("--out DIR is required");
+    check_output_dir(out, model_dir, "out");
+    if (!autogptq_dir.empty()) {
+        check_output_dir(autogptq_dir, model_dir, "export-autogptq");
+        std::error_code ec;
+        if (resolved(autogptq_dir) == resolved(out) || std::filesystem::equivalent(autogptq_dir, out, ec))
+            throw qlm::invalid_argument("options --export-autogptq and --out name the same directory " + out +
+                                        ": each writes its own config.json and model.safetensors there");
+    }
 
     qlm::ThreadPool pool(threads);
     auto weights = qlm::load_gpt2_weights(model_dir);
@@ -119,11 +149,14 @@ int main(int argc, char** argv) try {
                 result.seconds);
     std::printf("linear layers: %zu weights, %.2f MB, %.3f bytes/weight (fp32: 4)\n", report.linear_params, report.linear_bytes / 1e6,
                 report.linear_bytes_per_weight());
-    std::printf("other tensors (embeddings, norms, biases): %.2f MB fp32\n", report.other_bytes / 1e6);
+    if (report.embedding_kind == "fp32")
+        std::printf("embeddings, norms, biases: %.2f MB fp32\n", report.other_bytes / 1e6);
+    else
+        std::printf("embeddings, norms, biases: %.2f MB (wte at %s, the rest fp32)\n", report.other_bytes / 1e6,
+                    report.embedding_kind.c_str());
     std::printf("model: %.2f MB (fp32 %.2f MB), compression %.2fx; written to %s\n", report.total_bytes() / 1e6,
                 report.fp32_bytes() / 1e6, report.compression(), out.c_str());
     return 0;
-} catch (const qlm::error& e) {
-    std::fprintf(stderr, "qlm-quantize: %s\n", e.what());
-    return 1;
+} catch (const std::exception& e) {
+    return qlm::cli::fail("qlm-quantize", e);
 }

@@ -6,14 +6,21 @@
 #include <qlm/eval/perplexity.hpp>
 #include <qlm/io/safetensors.hpp>
 #include <qlm/kv/contiguous_cache.hpp>
+#include <qlm/model/checkpoint.hpp>
+#include <qlm/model/interop.hpp>
 #include <qlm/model/load_gpt2.hpp>
+#include <qlm/model/random_weights.hpp>
 #include <qlm/tokenizer/gpt2_tokenizer.hpp>
+
+#include "test_util.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <limits>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -31,7 +38,8 @@ std::vector<GoldenPrompt> load_golden(const std::filesystem::path& path) {
     const auto file = qlm::SafetensorsFile::open(path);
     std::vector<GoldenPrompt> prompts;
     for (int k = 0;; ++k) {
-        const std::string p = "p" + std::to_string(k) + ".";
+        std::string p = "p";  // appends only: GCC 12 reports a false -Wrestrict on "literal" + std::string temporaries
+        p += std::to_string(k) + ".";
         if (!file.contains(p + "tokens")) break;
         GoldenPrompt g;
         const auto tokens = file.view<std::int32_t>(p + "tokens");
@@ -204,6 +212,150 @@ TEST_CASE("checkpoint loading errors name the file and tensor") {
     fs::remove_all(dir);
 }
 
+namespace {
+
+// The tensors of a checkpoint as float, by stored name: read, edit, write back.
+struct FloatTensor {
+    std::vector<std::size_t> dims;
+    std::vector<float> values;
+};
+using FloatFile = std::map<std::string, FloatTensor>;
+
+FloatFile read_floats(const std::filesystem::path& file) {
+    const auto f = qlm::SafetensorsFile::open(file);
+    FloatFile out;
+    for (const auto& name : f.names()) {
+        const auto t = f.to_float(name);
+        out[name] = {f.info(name).dims, {t.span().begin(), t.span().end()}};
+    }
+    return out;
+}
+
+// `to` = a copy of the checkpoint folder `from` whose model.safetensors holds `tensors`.
+void write_copy(const std::filesystem::path& from, const std::filesystem::path& to, const FloatFile& tensors) {
+    std::filesystem::remove_all(to);
+    std::filesystem::create_directories(to);
+    std::filesystem::copy_file(from / "config.json", to / "config.json");
+    qlm::SafetensorsWriter writer;
+    for (const auto& [name, t] : tensors) writer.add(name, std::vector<std::size_t>(t.dims), std::span<const float>(t.values));
+    writer.write(to / "model.safetensors");
+}
+
+// A model of qlm_test::small_config() with random weights, saved as a float Hugging Face checkpoint
+// with no tokenizer files.
+std::filesystem::path random_checkpoint(const std::string& name) {
+    const auto dir = qlm_test::temp_dir(name);
+    qlm::save_gpt2_weights(qlm::random_gpt2_weights(qlm_test::small_config(), 3), dir);
+    return dir;
+}
+
+}  // namespace
+
+TEST_CASE("first_non_finite finds NaN and infinities, and nothing in finite data") {
+    constexpr float inf = std::numeric_limits<float>::infinity();
+    std::vector<float> v(1000, 1.0f);
+    v[7] = std::numeric_limits<float>::max();
+    v[8] = -std::numeric_limits<float>::max();
+    v[9] = std::numeric_limits<float>::denorm_min();
+    v[10] = -0.0f;
+    CHECK(qlm::detail::first_non_finite(v) == v.size());
+    CHECK(qlm::detail::first_non_finite({}) == 0);
+    for (const float bad : {std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::quiet_NaN(), inf, -inf}) {
+        for (const std::size_t at : {std::size_t{0}, std::size_t{517}, std::size_t{999}}) {
+            auto w = v;
+            w[at] = bad;
+            w[998] = at == 999 ? 1.0f : bad;  // the first one is reported
+            CHECK(qlm::detail::first_non_finite(w) == at);
+        }
+    }
+}
+
+TEST_CASE("float weights must be finite: NaN or infinity anywhere is refused, naming tensor and index") {
+    const auto dir = random_checkpoint("finite");
+    const auto weights = qlm::load_gpt2_weights(dir);  // save_gpt2_weights round-trips bit for bit
+    const auto again = qlm::random_gpt2_weights(qlm_test::small_config(), 3);
+    CHECK(std::equal(weights.wte.span().begin(), weights.wte.span().end(), again.wte.span().begin()));
+    CHECK(std::equal(weights.blocks[1].c_fc.weight().span().begin(), weights.blocks[1].c_fc.weight().span().end(),
+                     again.blocks[1].c_fc.weight().span().begin()));
+
+    const auto bad = dir.parent_path() / (dir.filename().string() + "_bad");
+    const FloatFile original = read_floats(dir / "model.safetensors");
+    struct Case {
+        std::string tensor;
+        std::size_t flat;
+        float value;
+        std::string expected;
+    };
+    const std::vector<Case> cases{
+        {"h.1.mlp.c_fc.weight", 3 * 512 + 17, std::numeric_limits<float>::quiet_NaN(), "'h.1.mlp.c_fc.weight' holds nan at [3, 17]"},
+        {"wpe.weight", 5, std::numeric_limits<float>::infinity(), "'wpe.weight' holds inf at [0, 5]"},
+        {"ln_f.bias", 127, -std::numeric_limits<float>::infinity(), "'ln_f.bias' holds -inf at [127]"},
+        {"wte.weight", 299 * 128 + 1, std::numeric_limits<float>::quiet_NaN(), "'wte.weight' holds nan at [299, 1]"},
+    };
+    for (const auto& c : cases) {
+        CAPTURE(c.tensor);
+        FloatFile edited = original;
+        edited.at(c.tensor).values.at(c.flat) = c.value;
+        write_copy(dir, bad, edited);
+        CHECK_THROWS_WITH_AS(qlm::load_gpt2(bad), doctest::Contains(c.expected.c_str()), qlm::format_error);
+        CHECK_THROWS_WITH_AS(qlm::load_any_checkpoint(bad), doctest::Contains(c.expected.c_str()), qlm::format_error);
+    }
+    std::filesystem::remove_all(bad);
+    std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("every tensor of a checkpoint must be used: fewer layers in config.json or unknown tensors are refused") {
+    namespace fs = std::filesystem;
+    const auto dir = random_checkpoint("consumed");
+    const auto copy = dir.parent_path() / (dir.filename().string() + "_copy");
+    const FloatFile original = read_floats(dir / "model.safetensors");
+    auto load_all = [](const fs::path& d) {
+        qlm::load_gpt2(d);
+        qlm::load_checkpoint(d);
+        qlm::load_any_checkpoint(d);
+    };
+
+    // config.json says 1 layer, the file holds 2: h.1 would be dropped without a word.
+    write_copy(dir, copy, original);
+    auto config = qlm_test::small_config();
+    config.n_layer = 1;
+    std::ofstream(copy / "config.json") << config.to_json().dump();
+    for (const auto& load : {+[](const fs::path& d) { qlm::load_gpt2(d); }, +[](const fs::path& d) { qlm::load_checkpoint(d); },
+                             +[](const fs::path& d) { qlm::load_any_checkpoint(d); }})
+        CHECK_THROWS_WITH_AS(load(copy), doctest::Contains("12 tensor(s) that the model described by its config.json does not use: "
+                                                           "h.1.attn.c_attn.bias, h.1.attn.c_attn.weight"),
+                             qlm::format_error);
+
+    // A tensor no GPT-2 has.
+    FloatFile extra = original;
+    extra["h.0.attn.rotary.inv_freq"] = {{4}, {1, 2, 3, 4}};
+    write_copy(dir, copy, extra);
+    CHECK_THROWS_WITH_AS(load_all(copy), doctest::Contains("1 tensor(s) that the model described by its config.json does not use: "
+                                                           "h.0.attn.rotary.inv_freq"),
+                         qlm::format_error);
+
+    // Hugging Face's attention buffers (older transformers saved them) and an lm_head equal to wte are read or ignored.
+    FloatFile hf = original;
+    const std::size_t P = qlm_test::small_config().n_positions;
+    hf["h.0.attn.bias"] = {{1, 1, P, P}, std::vector<float>(P * P, 1.0f)};
+    hf["h.1.attn.bias"] = {{1, 1, P, P}, std::vector<float>(P * P, 1.0f)};
+    hf["h.0.attn.masked_bias"] = {{}, {-1e4f}};
+    hf["lm_head.weight"] = original.at("wte.weight");
+    write_copy(dir, copy, hf);
+    CHECK_NOTHROW(load_all(copy));
+    CHECK(!qlm::load_gpt2_weights(copy).untied_head);
+    const auto golden = read_floats(kRoot / "tests/data/golden_random_model/model.safetensors");  // "transformer." names
+    FloatFile prefixed = golden;
+    prefixed["transformer.h.1.attn.bias"] = {{1, 1, 64, 64}, std::vector<float>(64 * 64, 1.0f)};
+    write_copy(kRoot / "tests/data/golden_random_model", copy, prefixed);
+    CHECK_NOTHROW(load_all(copy));
+    prefixed["transformer.h.2.attn.c_proj.weight"] = prefixed.at("transformer.h.1.attn.c_proj.weight");  // but not a third layer
+    write_copy(kRoot / "tests/data/golden_random_model", copy, prefixed);
+    CHECK_THROWS_WITH_AS(qlm::load_gpt2(copy), doctest::Contains("transformer.h.2.attn.c_proj.weight"), qlm::format_error);
+    fs::remove_all(copy);
+    fs::remove_all(dir);
+}
+
 TEST_CASE("sampler: greedy, seeded, top-k and top-p") {
     const std::vector<float> logits{0.1f, 2.0f, -1.0f, 1.5f, 0.0f, 1.9f};
     qlm::SamplingParams greedy;
@@ -273,6 +425,107 @@ TEST_CASE("greedy generation is deterministic and identical with and without the
     CHECK(stopped.finish_reason == qlm::FinishReason::stop);  // " the" is the commonest KJV bigram start
     CHECK(stopped.text.find(" the") == std::string::npos);
     CHECK(stopped.tokens.size() < options.sampling.max_tokens);
+}
+
+TEST_CASE("generation from token ids: any checkpoint, no tokenizer, the same ids as the text path") {
+    // A model folder without tokenizer files (like Hugging Face's tiny test models without GPT-2's byte tokens).
+    const auto dir = random_checkpoint("generate_ids");
+    REQUIRE_THROWS_AS(qlm::GPT2Tokenizer::from_directory(dir), qlm::error);
+    const auto model = qlm::load_any_checkpoint(dir).model;
+    const auto& cfg = model.config();
+    qlm::ThreadPool pool(2);
+    qlm::GenerateOptions options;
+    options.sampling.temperature = 0.0f;
+    options.sampling.max_tokens = 12;
+    options.eos_token_id = cfg.eos_token_id;  // 50256: outside this 300-token vocabulary, never sampled
+    const std::vector<std::int32_t> prompt{5, 17, 299, 0, 42};
+
+    // Reference: greedy decoding written out with the forward pass.
+    std::vector<std::int32_t> expected, context = prompt;
+    {
+        qlm::ContiguousKVCache cache(cfg.n_layer, cfg.n_positions, cfg.n_embd);
+        qlm::ForwardWorkspace ws;
+        auto logits = model.forward(pool, cache, std::span<const std::int32_t>(context), ws);
+        while (expected.size() < options.sampling.max_tokens) {
+            expected.push_back(qlm::Sampler::argmax(logits));
+            logits = model.forward(pool, cache, std::span<const std::int32_t>(&expected.back(), 1), ws);
+        }
+    }
+    std::vector<std::int32_t> streamed;
+    options.on_token = [&](std::int32_t t) { streamed.push_back(t); };
+    const auto result = qlm::generate(pool, model, prompt, options);
+    CHECK(result.prompt_tokens == prompt);
+    CHECK(result.tokens == expected);
+    CHECK(streamed == expected);
+    CHECK(result.text.empty());
+    CHECK(result.finish_reason == qlm::FinishReason::length);
+    options.on_token = nullptr;
+    options.cache = qlm::CacheMode::recompute;
+    CHECK(qlm::generate(pool, model, prompt, options).tokens == expected);
+
+    // With a tokenizer the ids are the same and the text is theirs.
+    const auto tokenizer = qlm::GPT2Tokenizer::from_directory(kRoot / "models/gpt2-tiny-kjv");
+    const auto with_text = qlm::generate(pool, model, tokenizer, prompt, options);
+    CHECK(with_text.tokens == expected);
+    CHECK(with_text.text == tokenizer.decode(expected));
+
+    // What the ids path refuses.
+    options.sampling.stop = {"x"};
+    CHECK_THROWS_WITH_AS(qlm::generate(pool, model, prompt, options), doctest::Contains("stop strings need a tokenizer"),
+                         qlm::invalid_argument);
+    options.sampling.stop.clear();
+    CHECK_THROWS_AS(qlm::generate(pool, model, std::vector<std::int32_t>{}, options), qlm::invalid_argument);
+    CHECK_THROWS_AS(qlm::generate(pool, model, std::vector<std::int32_t>{1, 300}, options), qlm::invalid_argument);
+    CHECK_THROWS_AS(qlm::generate(pool, model, std::vector<std::int32_t>{-1}, options), qlm::invalid_argument);
+    CHECK_THROWS_AS(qlm::generate(pool, model, std::vector<std::int32_t>(cfg.n_positions, 1), options), qlm::capacity_error);
+    std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("a text prompt generates what its token ids generate") {
+    const auto model = qlm::load_gpt2(kRoot / "models/gpt2-tiny-kjv");
+    const auto tokenizer = qlm::GPT2Tokenizer::from_directory(kRoot / "models/gpt2-tiny-kjv");
+    qlm::ThreadPool pool(2);
+    qlm::GenerateOptions options;
+    options.sampling.temperature = 0.7f;
+    options.sampling.seed = 3;
+    options.sampling.max_tokens = 16;
+    options.sampling.ignore_eos = true;
+    const std::string prompt = "In the beginning";
+    const auto ids = tokenizer.encode(prompt);
+    const auto from_text = qlm::generate(pool, model, tokenizer, prompt, options);
+    const auto from_ids = qlm::generate(pool, model, ids, options);
+    CHECK(from_text.prompt_tokens == ids);
+    CHECK(from_text.tokens == from_ids.tokens);
+    CHECK(from_text.tokens.size() == 16);
+}
+
+TEST_CASE("perplexity refuses windows and strides that would score nothing or skip tokens") {
+    const auto cfg = qlm_test::small_config();
+    const auto model = qlm::make_float_model(qlm::random_gpt2_weights(cfg, 4));
+    const auto tokens = qlm_test::token_stream(40, cfg.vocab_size);
+    qlm::ThreadPool pool(1);
+    qlm::PerplexityOptions options;
+    options.max_length = 1;  // was: perplexity -nan, 0 tokens scored
+    CHECK_THROWS_WITH_AS(qlm::perplexity(pool, model, tokens, options), doctest::Contains("window of 1 token(s) scores nothing"),
+                         qlm::invalid_argument);
+    options.stride = 1;
+    CHECK_THROWS_AS(qlm::perplexity(pool, model, tokens, options), qlm::invalid_argument);
+    options.max_length = 4;
+    options.stride = 5;
+    CHECK_THROWS_WITH_AS(qlm::perplexity(pool, model, tokens, options), doctest::Contains("stride of 5 exceeds the window of 4"),
+                         qlm::invalid_argument);
+    options.max_length = cfg.n_positions + 1;
+    options.stride = 0;
+    CHECK_THROWS_AS(qlm::perplexity(pool, model, tokens, options), qlm::invalid_argument);
+
+    // The smallest window scores every token but the first; windows that do not overlap skip each window's first.
+    options.max_length = 2;
+    const auto two = qlm::perplexity(pool, model, tokens, options);
+    CHECK(two.stride == 1);
+    CHECK(two.scored_tokens == tokens.size() - 1);
+    CHECK(std::isfinite(two.perplexity));
+    options.stride = 2;
+    CHECK(qlm::perplexity(pool, model, tokens, options).scored_tokens == tokens.size() / 2);
 }
 
 namespace {

@@ -762,6 +762,30 @@ TEST_CASE("bad AutoGPTQ / AutoAWQ files are reported with the tensor or key at f
     fs::remove_all(dir);
 }
 
+TEST_CASE("AutoGPTQ / AutoAWQ: tensors the model does not use are refused, Hugging Face's attention buffers are not") {
+    const auto dir = temp_dir("unused");
+    for (const std::string kind : {"gptq", "awq"}) {
+        CAPTURE(kind);
+        HandMade h;
+        h.kind = kind;
+        fs::remove_all(dir);
+        fs::create_directories(dir);
+        build_checkpoint(h, dir, [](RawFile& f, nlohmann::json&) {
+            f["transformer.h.0.attn.bias"] = raw(DType::F32, {1, 1, 2, 2}, std::vector<float>{1, 0, 1, 1});
+            f["transformer.h.1.attn.masked_bias"] = raw(DType::F32, {}, std::vector<float>{-1e4f});
+        });
+        CHECK_NOTHROW(qlm::load_any_checkpoint(dir));
+        fs::remove_all(dir);
+        fs::create_directories(dir);
+        build_checkpoint(h, dir, [](RawFile& f, nlohmann::json&) {
+            f["transformer.h.0.attn.c_attn.scales_extra"] = f.at("transformer.h.0.attn.c_attn.scales");
+        });
+        CHECK_THROWS_WITH_AS(qlm::load_any_checkpoint(dir),
+                             doctest::Contains("does not use: transformer.h.0.attn.c_attn.scales_extra"), qlm::format_error);
+    }
+    fs::remove_all(dir);
+}
+
 TEST_CASE("load_any_checkpoint picks qlm, AutoGPTQ, AutoAWQ or float by the config") {
     qlm::ThreadPool pool(2);
     const auto q = quantize(pool, "rtn", {4, qlm::GranularityKind::per_group, 64, true});

@@ -528,7 +528,15 @@ TEST_CASE("QuantTensor: raw parts round trip and validation") {
     auto bad_scales = scales;
     bad_scales[7] = std::nanf("");
     CHECK_THROWS_AS(QT::from_parts(5, 256, packed, bad_scales, zeros), qlm::format_error);
-    bad_scales[7] = -1.0f;
+    bad_scales[7] = 3e38f;  // finite, but its weights overflow
+    CHECK_THROWS_AS(QT::from_parts(5, 256, packed, bad_scales, zeros), qlm::format_error);
+    bad_scales[7] = std::nextafter(AnyQuantTensor::kMaxDequantized / 15.0f, 1e30f);
+    CHECK_THROWS_AS(QT::from_parts(5, 256, packed, bad_scales, zeros), qlm::format_error);
+    auto edge_scales = scales;
+    edge_scales[7] = AnyQuantTensor::kMaxDequantized / 15.0f;  // the largest accepted at 4 bits
+    edge_scales[8] = 0.0f;                                     // an all-zero group
+    CHECK_NOTHROW(QT::from_parts(5, 256, packed, edge_scales, zeros));
+    bad_scales[7] = -1.0f;  // the name check below uses bad_scales
     CHECK_THROWS_AS(QT::from_parts(5, 256, packed, bad_scales, zeros), qlm::format_error);
     auto bad_zeros = zeros;
     bad_zeros[3] = 16;

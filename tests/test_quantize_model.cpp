@@ -12,6 +12,8 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -191,6 +193,84 @@ TEST_CASE("corrupt or inconsistent quantized checkpoints give clear errors") {
     config["quantization_config"]["scheme"] = "w5-g64-sym";
     std::ofstream(dir / "config.json") << config.dump();
     CHECK_THROWS_AS(qlm::load_checkpoint(dir), qlm::format_error);
+    fs::remove_all(dir);
+}
+
+TEST_CASE("size report: the tied embedding's storage is named, not assumed fp32") {
+    qlm::ThreadPool pool(1);
+    const auto weights = qlm::random_gpt2_weights(small_config(), 1);
+    CHECK(qlm::size_report(qlm::to_any_linear(weights)).embedding_kind == "fp32");
+    qlm::QuantizeOptions options;
+    options.weights = {4, qlm::GranularityKind::per_group, 64, true};
+    CHECK(qlm::size_report(qlm::quantize_gpt2(pool, weights, options).model).embedding_kind == "fp32");
+    options.quantize_head = true;
+    const auto head8 = qlm::size_report(qlm::quantize_gpt2(pool, weights, options).model);
+    CHECK(head8.embedding_kind == "w8-channel-sym");
+    const auto& c = small_config();
+    CHECK(head8.other_bytes < 4 * c.vocab_size * c.n_embd);  // the embedding at 8 bits, not 32
+}
+
+TEST_CASE("qlm checkpoints: tensors the model does not use, and non-finite scales, are refused") {
+    qlm::ThreadPool pool(1);
+    const auto weights = qlm::random_gpt2_weights(small_config(), 2);
+    qlm::QuantizeOptions options;
+    options.weights = {4, qlm::GranularityKind::per_group, 64, false};
+    options.quantize_head = true;
+    const auto result = qlm::quantize_gpt2(pool, weights, options);
+    const fs::path dir = temp_dir("ckpt_unused");
+    qlm::save_checkpoint(result.model, result.info, dir);
+    CHECK_NOTHROW(qlm::load_checkpoint(dir));
+
+    // config.json with one layer less: h.1 is in the file but the model would not have it.
+    std::ifstream in(dir / "config.json");
+    auto config = nlohmann::json::parse(in);
+    in.close();
+    config["n_layer"] = 1;
+    std::ofstream(dir / "config.json") << config.dump();
+    CHECK_THROWS_WITH_AS(qlm::load_checkpoint(dir),
+                         doctest::Contains("20 tensor(s) that the model described by its config.json does not use: "
+                                           "h.1.attn.c_attn.bias, h.1.attn.c_attn.qweight"),
+                         qlm::format_error);
+    config["n_layer"] = 2;
+    std::ofstream(dir / "config.json") << config.dump();
+
+    // A float copy of the tied embedding next to its quantized form, and a stray tensor.
+    {
+        const auto original = qlm::SafetensorsFile::open(dir / "model.safetensors");
+        qlm::SafetensorsWriter writer;
+        for (const auto& [k, v] : original.metadata()) writer.set_metadata(k, v);
+        for (const auto& name : original.names()) {
+            const auto& info = original.info(name);
+            writer.add(name, info.dtype, info.dims, info.bytes);
+        }
+        writer.add("wte.weight", weights.wte);
+        const std::vector<std::int32_t> g_idx{0, 0, 1, 1};
+        writer.add("h.0.attn.c_attn.g_idx", qlm::DType::I32, {4}, std::as_bytes(std::span(g_idx)));
+        writer.write(dir / "model.safetensors");
+    }
+    CHECK_THROWS_WITH_AS(qlm::load_checkpoint(dir), doctest::Contains("2 tensor(s) that the model described by its config.json "
+                                                                      "does not use: h.0.attn.c_attn.g_idx, wte.weight"),
+                         qlm::format_error);
+
+    // A scale that is not a number.
+    qlm::save_checkpoint(result.model, result.info, dir);
+    {
+        const auto original = qlm::SafetensorsFile::open(dir / "model.safetensors");
+        qlm::SafetensorsWriter writer;
+        for (const auto& [k, v] : original.metadata()) writer.set_metadata(k, v);
+        qlm::Tensor<float> scales = original.to_float("h.1.mlp.c_proj.scales");
+        scales.data()[5] = std::numeric_limits<float>::infinity();
+        for (const auto& name : original.names()) {
+            const auto& info = original.info(name);
+            if (name == "h.1.mlp.c_proj.scales")
+                writer.add(name, scales);
+            else
+                writer.add(name, info.dtype, info.dims, info.bytes);
+        }
+        writer.write(dir / "model.safetensors");
+    }
+    CHECK_THROWS_WITH_AS(qlm::load_checkpoint(dir), doctest::Contains("'h.1.mlp.c_proj.scales' holds inf at [0, 5]"),
+                         qlm::format_error);
     fs::remove_all(dir);
 }
 

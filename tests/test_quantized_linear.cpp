@@ -8,7 +8,9 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <fstream>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -119,4 +121,22 @@ TEST_CASE("int8 activations on weight-only layers (W4A8): close to float activat
     CHECK(qlm::set_weight_only_activations(model, qlm::ActQuant::none) == 4 * model.config().n_layer + 1);
     CHECK(logits_of(pool, model, tokens) == w4a16);
     CHECK_THROWS_AS(qlm::set_weight_only_activations(model, qlm::ActQuant::int8_static), qlm::invalid_argument);
+}
+
+TEST_CASE("the README shows the typed example this file compiles") {
+    auto read = [](const std::string& path) {
+        std::ifstream in(path);
+        REQUIRE(in);
+        std::stringstream ss;
+        ss << in.rdbuf();
+        return ss.str();
+    };
+    const std::string source = read(__FILE__);
+    const auto begin = source.find("// README-BEGIN\n"), end = source.find("    // README-END");
+    REQUIRE(begin != std::string::npos);
+    REQUIRE(end != std::string::npos);
+    std::string snippet;  // the lines between the markers, less the function body's indentation
+    std::istringstream lines(source.substr(begin + 16, end - begin - 16));
+    for (std::string line; std::getline(lines, line);) snippet += (line.rfind("    ", 0) == 0 ? line.substr(4) : line) + "\n";
+    CHECK(read(std::string(QLM_SOURCE_DIR) + "/README.md").find(snippet) != std::string::npos);
 }

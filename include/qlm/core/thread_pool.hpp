@@ -2,6 +2,8 @@
 // A fixed-size thread pool for data-parallel loops. The calling thread takes part in every loop.
 // After a loop, workers poll for the next one for a few microseconds (a decode step runs dozens
 // of short loops back to back) and then sleep on a condition variable: an idle pool uses no CPU.
+#include <qlm/core/error.hpp>
+
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -9,6 +11,8 @@
 #include <exception>
 #include <functional>
 #include <mutex>
+#include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -16,22 +20,34 @@ namespace qlm {
 
 class ThreadPool {
 public:
+    // The largest pool accepted: 1024 threads, or every hardware thread on a machine with more. A
+    // compute pool wider than the machine only adds context switches; this bound exists to refuse
+    // sizes that are mistakes (100000, SIZE_MAX) before they exhaust the process's threads.
+    static std::size_t max_threads() noexcept {
+        return std::max<std::size_t>(1024, std::thread::hardware_concurrency());
+    }
+
     // threads = total parallelism including the caller; 0 means std::thread::hardware_concurrency().
+    // Throws invalid_argument above max_threads(), and capacity_error (after stopping the threads it
+    // started) when the system refuses to start one.
     explicit ThreadPool(std::size_t threads = 0) {
         if (threads == 0) threads = std::max<std::size_t>(1, std::thread::hardware_concurrency());
+        if (threads > max_threads())
+            throw invalid_argument("qlm: a thread pool of " + std::to_string(threads) + " threads is refused: at most " +
+                                   std::to_string(max_threads()) + " (this machine has " +
+                                   std::to_string(std::thread::hardware_concurrency()) + " hardware threads)");
         workers_.reserve(threads - 1);
-        for (std::size_t i = 1; i < threads; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+        try {
+            for (std::size_t i = 1; i < threads; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+        } catch (const std::system_error& e) {
+            stop_workers();
+            throw capacity_error("qlm: cannot start thread " + std::to_string(workers_.size() + 2) + " of a pool of " +
+                                 std::to_string(threads) + ": " + e.what());
+        }
     }
     ThreadPool(const ThreadPool&) = delete;
     ThreadPool& operator=(const ThreadPool&) = delete;
-    ~ThreadPool() {
-        {
-            std::lock_guard lock(mutex_);
-            stopping_ = true;
-        }
-        wake_.notify_all();
-        for (auto& t : workers_) t.join();
-    }
+    ~ThreadPool() { stop_workers(); }
 
     std::size_t size() const noexcept { return workers_.size() + 1; }
 
@@ -86,6 +102,15 @@ public:
 
 private:
     static constexpr int kSpinIterations = 4000;  // a few tens of microseconds
+
+    void stop_workers() noexcept {
+        {
+            std::lock_guard lock(mutex_);
+            stopping_ = true;
+        }
+        wake_.notify_all();
+        for (auto& t : workers_) t.join();
+    }
 
     static void pause() noexcept {
 #if defined(__x86_64__) || defined(__i386__)

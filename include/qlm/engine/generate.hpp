@@ -59,17 +59,26 @@ struct GenerateOptions {
     std::function<void(std::int32_t token)> on_token;  // called for every generated token
 };
 
-template <LinearLayer Linear, TextTokenizer Tokenizer>
-GenerationResult generate(ThreadPool& pool, const GPT2Model<Linear>& model, const Tokenizer& tokenizer,
-                          std::string_view prompt, const GenerateOptions& options) {
+namespace detail {
+
+using DecodeFn = std::function<std::string(std::span<const std::int32_t>)>;
+
+// The generation loop over prompt token ids (the forward pass checks that they are in the
+// vocabulary). `decode` (optional) makes the result's text and finds stop strings; without it
+// result.text stays empty and stop strings are refused.
+template <LinearLayer Linear>
+GenerationResult generate_from_ids(ThreadPool& pool, const GPT2Model<Linear>& model, std::vector<std::int32_t> prompt_tokens,
+                                   const GenerateOptions& options, const DecodeFn& decode) {
     using clock = std::chrono::steady_clock;
     const auto& cfg = model.config();
-    GenerationResult result;
-    result.prompt_tokens = tokenizer.encode(prompt);
-    if (result.prompt_tokens.empty()) result.prompt_tokens.push_back(options.eos_token_id);  // GPT-2's BOS
-    if (result.prompt_tokens.size() >= cfg.n_positions)
-        throw capacity_error("qlm: prompt of " + std::to_string(result.prompt_tokens.size()) +
+    if (!decode && !options.sampling.stop.empty())
+        throw invalid_argument("qlm: stop strings need a tokenizer to decode the generated tokens");
+    if (prompt_tokens.empty()) throw invalid_argument("qlm: the prompt has no tokens (GPT-2's texts start with its BOS token)");
+    if (prompt_tokens.size() >= cfg.n_positions)
+        throw capacity_error("qlm: prompt of " + std::to_string(prompt_tokens.size()) +
                              " tokens leaves no room in a context of " + std::to_string(cfg.n_positions));
+    GenerationResult result;
+    result.prompt_tokens = std::move(prompt_tokens);
 
     Sampler sampler(options.sampling);
     ForwardWorkspace ws;
@@ -92,7 +101,7 @@ GenerationResult generate(ThreadPool& pool, const GPT2Model<Linear>& model, cons
         context.push_back(token);
         if (options.on_token) options.on_token(token);
         if (!params.stop.empty()) {
-            const std::string text = tokenizer.decode(result.tokens);
+            const std::string text = decode(result.tokens);
             bool stopped = false;
             for (const auto& s : params.stop)
                 if (const auto at = text.find(s); at != std::string::npos) {
@@ -115,8 +124,38 @@ GenerationResult generate(ThreadPool& pool, const GPT2Model<Linear>& model, cons
         }
     }
     result.decode_seconds = std::chrono::duration<double>(clock::now() - t_first).count();
-    if (result.finish_reason != FinishReason::stop) result.text = tokenizer.decode(result.tokens);
+    if (decode && result.finish_reason != FinishReason::stop) result.text = decode(result.tokens);
     return result;
+}
+
+}  // namespace detail
+
+// Generates from a text prompt; an empty prompt starts from the EOS token (GPT-2's BOS).
+template <LinearLayer Linear, TextTokenizer Tokenizer>
+GenerationResult generate(ThreadPool& pool, const GPT2Model<Linear>& model, const Tokenizer& tokenizer,
+                          std::string_view prompt, const GenerateOptions& options) {
+    std::vector<std::int32_t> ids = tokenizer.encode(prompt);
+    if (ids.empty()) ids.push_back(options.eos_token_id);
+    return detail::generate_from_ids(pool, model, std::move(ids), options,
+                                     [&](std::span<const std::int32_t> tokens) { return tokenizer.decode(tokens); });
+}
+
+// Generates from prompt token ids (each in [0, vocab_size), at least one), with a tokenizer for
+// the result's text and stop strings.
+template <LinearLayer Linear, TextTokenizer Tokenizer>
+GenerationResult generate(ThreadPool& pool, const GPT2Model<Linear>& model, const Tokenizer& tokenizer,
+                          std::span<const std::int32_t> prompt, const GenerateOptions& options) {
+    return detail::generate_from_ids(pool, model, {prompt.begin(), prompt.end()}, options,
+                                     [&](std::span<const std::int32_t> tokens) { return tokenizer.decode(tokens); });
+}
+
+// Generates from prompt token ids without a tokenizer: result.tokens holds the generated ids and
+// result.text stays empty; stop strings are refused (invalid_argument). Any checkpoint runs this
+// way, whatever its tokenizer files, and can be compared with another implementation id for id.
+template <LinearLayer Linear>
+GenerationResult generate(ThreadPool& pool, const GPT2Model<Linear>& model, std::span<const std::int32_t> prompt,
+                          const GenerateOptions& options) {
+    return detail::generate_from_ids(pool, model, {prompt.begin(), prompt.end()}, options, {});
 }
 
 }  // namespace qlm

@@ -19,9 +19,11 @@
 
 namespace qlm {
 
+// Every window scores at least one token: max_length >= 2 and 1 <= stride <= max_length
+// (otherwise invalid_argument), so the result is never 0 tokens scored.
 struct PerplexityOptions {
-    std::size_t max_length = 0;  // 0 = the model's context
-    std::size_t stride = 0;      // 0 = max_length / 2
+    std::size_t max_length = 0;  // 0 = the model's context; at least 2
+    std::size_t stride = 0;      // 0 = max_length / 2; at most max_length
     std::function<void(std::size_t done, std::size_t total)> on_progress;
 };
 
@@ -49,10 +51,15 @@ PerplexityResult perplexity(ThreadPool& pool, const GPT2Model<Linear>& model, st
     const auto& cfg = model.config();
     const std::size_t max_length = options.max_length ? options.max_length : cfg.n_positions;
     const std::size_t stride = options.stride ? options.stride : std::max<std::size_t>(1, max_length / 2);
+    if (max_length < 2)
+        throw invalid_argument("qlm: perplexity window of " + std::to_string(max_length) +
+                               " token(s) scores nothing: a window predicts each token from those before it, so it needs at least 2");
     if (max_length > cfg.n_positions)
         throw invalid_argument("qlm: perplexity window of " + std::to_string(max_length) + " tokens exceeds the context of " +
                                std::to_string(cfg.n_positions));
-    if (stride > max_length) throw invalid_argument("qlm: perplexity stride must not exceed the window length");
+    if (stride > max_length)
+        throw invalid_argument("qlm: perplexity stride of " + std::to_string(stride) + " exceeds the window of " +
+                               std::to_string(max_length) + " tokens: the tokens between windows would go unscored");
     if (tokens.size() < 2) throw invalid_argument("qlm: perplexity needs at least two tokens");
 
     const auto t0 = std::chrono::steady_clock::now();

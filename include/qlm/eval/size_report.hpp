@@ -21,6 +21,7 @@ struct SizeReport {
     std::vector<TensorSize> tensors;
     std::size_t linear_params = 0, linear_bytes = 0;  // weights of the transformer blocks' linear layers
     std::size_t other_params = 0, other_bytes = 0;    // embeddings, norms, biases, head
+    std::string embedding_kind = "fp32";               // the token embedding's storage: "fp32" or the tied head's scheme
 
     std::size_t total_bytes() const noexcept { return linear_bytes + other_bytes; }
     std::size_t total_params() const noexcept { return linear_params + other_params; }
@@ -45,6 +46,7 @@ SizeReport size_report(const GPT2Model<Linear>& model) {
         std::string kind = "fp32";
         if constexpr (std::is_same_v<Linear, AnyLinear>)
             if (const AnyQuantLinear* q = head.quantized()) kind = to_string(q->spec());
+        r.embedding_kind = kind;
         r.tensors.push_back({"wte (tied head)", kind, head.in_features() * head.out_features(), head.weight_bytes()});
         r.other_params += head.in_features() * head.out_features();
         r.other_bytes += head.weight_bytes();

@@ -303,6 +303,7 @@ inline LoadedModel load_checkpoint(const std::filesystem::path& dir) {
     LayerNormWeights ln_f = detail::load_layer_norm(ckpt, "ln_f", C);
     GPT2Model<AnyLinear> model(config, std::move(wte), std::move(wpe), std::move(blocks), std::move(ln_f), std::move(head));
     if (tied_head) model.set_tied_head(std::move(*tied_head));
+    ckpt.check_all_consumed();
     return {std::move(model), info};
 }
 

@@ -140,6 +140,7 @@ inline LoadedModel load_autoawq(const std::filesystem::path& dir) {
     GPT2Model<AnyLinear> model = detail::interop::assemble_gpt2(config, src, [&](const std::string& name, std::size_t in, std::size_t out) {
         return detail::interop::load_awq_linear(src, cfg, name, in, out, seen);
     });
+    src.check_all_consumed();
     QuantizationInfo info;
     info.method = "awq";
     if (seen) info.weights = *seen;

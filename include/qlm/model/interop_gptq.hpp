@@ -185,6 +185,12 @@ public:
         return t;
     }
 
+    // Throws format_error naming tensors nothing has read (HfCheckpoint::check_all_consumed). Not
+    // checked yet for a single file found by name (older AutoGPTQ directories).
+    void check_all_consumed() const {
+        if (hf_) hf_->check_all_consumed();
+    }
+
     // An int32 (or uint32) tensor of exactly `dims`, as words. what: why that shape (for messages).
     std::vector<std::uint32_t> load_words(const std::string& name, const std::vector<std::size_t>& dims,
                                           const std::string& what) const {
@@ -452,6 +458,7 @@ inline LoadedModel load_autogptq(const std::filesystem::path& dir) {
     GPT2Model<AnyLinear> model = detail::interop::assemble_gpt2(config, src, [&](const std::string& name, std::size_t in, std::size_t out) {
         return detail::interop::load_gptq_linear(src, cfg, name, in, out, seen);
     });
+    src.check_all_consumed();
     QuantizationInfo info;
     info.method = "gptq";
     if (seen) info.weights = *seen;

@@ -6,7 +6,9 @@
 #include <qlm/model/linear.hpp>
 
 #include <filesystem>
+#include <fstream>
 #include <string>
+#include <system_error>
 #include <vector>
 
 namespace qlm {
@@ -57,7 +59,39 @@ inline GPT2FloatWeights load_gpt2_weights(const std::filesystem::path& dir) {
         if (!std::equal(head.span().begin(), head.span().end(), w.wte.span().begin()))
             w.untied_head = DenseLinear(std::move(head), Tensor<float>());
     }
+    ckpt.check_all_consumed();
     return w;
+}
+
+// Writes `w` as a float Hugging Face GPT-2 checkpoint (config.json + model.safetensors, Conv1D
+// layout, no tokenizer): what load_gpt2_weights() reads back, bit for bit.
+inline void save_gpt2_weights(const GPT2FloatWeights& w, const std::filesystem::path& dir) {
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec) throw io_error("qlm: cannot create " + dir.string() + ": " + ec.message());
+    SafetensorsWriter writer;
+    std::vector<Tensor<float>> transposed;  // must outlive write()
+    transposed.reserve(4 * w.blocks.size());
+    writer.add("wte.weight", w.wte);
+    writer.add("wpe.weight", w.wpe);
+    for (std::size_t i = 0; i < w.blocks.size(); ++i) {
+        const auto& b = w.blocks[i];
+        const std::string p = "h." + std::to_string(i) + ".";
+        writer.add(p + "ln_1.weight", b.ln_1.weight).add(p + "ln_1.bias", b.ln_1.bias);
+        writer.add(p + "ln_2.weight", b.ln_2.weight).add(p + "ln_2.bias", b.ln_2.bias);
+        for (const LinearSlot slot : kLinearSlots) {
+            const DenseLinear& layer = linear_of(b, slot);
+            transposed.push_back(transpose(layer.weight()));
+            writer.add(p + hf_name(slot) + ".weight", transposed.back());
+            if (layer.bias().numel()) writer.add(p + hf_name(slot) + ".bias", layer.bias());
+        }
+    }
+    writer.add("ln_f.weight", w.ln_f.weight).add("ln_f.bias", w.ln_f.bias);
+    if (w.untied_head) writer.add("lm_head.weight", w.untied_head->weight());
+    writer.write(dir / "model.safetensors");
+    std::ofstream out(dir / "config.json");
+    out << w.config.to_json().dump(2) << "\n";
+    if (!out) throw io_error("qlm: cannot write " + (dir / "config.json").string());
 }
 
 inline GPT2Model<DenseLinear> make_float_model(GPT2FloatWeights w) {

@@ -117,6 +117,17 @@ public:
     std::size_t row_bytes() const noexcept { return row_bytes_; }
     int max_code() const noexcept { return (1 << spec_.bits) - 1; }
 
+    // The largest magnitude a dequantized weight may reach: |(q - z) * s| <= max_code * s <= this.
+    // Half precision's largest value: GPTQ / AWQ checkpoints store fp16 scales of models whose
+    // weights stay orders of magnitude below it, and products with it stay finite in the fp32
+    // kernels. 3e38 (or any scale whose weights would overflow) is a corrupt file.
+    static constexpr float kMaxDequantized = 65504.0f;
+    // Finite, >= 0 (0 is an all-zero group in some quantizers, or an fp16 scale that underflowed)
+    // and max_code * s <= kMaxDequantized. False for NaN and infinities.
+    static bool valid_scale(float s, int bits) noexcept {
+        return s >= 0.0f && s * static_cast<float>((1 << bits) - 1) <= kMaxDequantized;
+    }
+
     // ---- raw parts (for saving and for the quantizers) ----
     std::span<const std::uint8_t> packed() const noexcept { return {packed_.data(), n_ * row_bytes_}; }
     std::span<const float> scales() const noexcept { return {scales_.data(), n_ * groups()}; }
@@ -160,6 +171,10 @@ public:
                                        std::to_string(c) + " exceeds " + std::to_string(max_code()));
         for (std::uint8_t z : row_zeros)
             if (z > max_code()) throw invalid_argument("qlm::AnyQuantTensor::set_row: zero point " + std::to_string(z) + " out of range");
+        for (const float sc : row_scales)
+            if (!valid_scale(sc, spec_.bits))
+                throw invalid_argument("qlm::AnyQuantTensor::set_row: scale " + std::to_string(sc) + " is not in [0, " +
+                                       std::to_string(kMaxDequantized / static_cast<float>(max_code())) + "]");
         detail::dispatch_bits(spec_.bits, [&](auto b) {
             Packing<decltype(b)::value>::pack_row(codes, {packed_.data() + r * row_bytes_, row_bytes_});
         });
@@ -257,9 +272,10 @@ private:
         const std::string who = "qlm: " + std::string(name) + " " + to_string(spec_) + ": ";
         const auto s = scales();
         for (std::size_t i = 0; i < s.size(); ++i)
-            if (!std::isfinite(s[i]) || s[i] < 0.0f)
-                throw format_error(who + "scale " + std::to_string(i) + " (row " + std::to_string(i / groups()) +
-                                   ") is " + std::to_string(s[i]) + ", expected a finite value >= 0");
+            if (!valid_scale(s[i], spec_.bits))
+                throw format_error(who + "scale " + std::to_string(i) + " (row " + std::to_string(i / groups()) + ") is " +
+                                   std::to_string(s[i]) + ", expected a finite value >= 0 with " + std::to_string(max_code()) +
+                                   " x scale <= " + std::to_string(kMaxDequantized) + " (the largest dequantized weight)");
         const auto z = zeros();
         for (std::size_t i = 0; i < z.size(); ++i)
             if (z[i] > max_code())
