@@ -4,11 +4,13 @@
 #include <qlm/core/thread_pool.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <limits>
 #include <string>
+#include <thread>
 
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -70,4 +72,23 @@ TEST_CASE("a pool the system cannot start throws capacity_error and stops the th
     REQUIRE(waitpid(child, &status, 0) == child);
     REQUIRE(WIFEXITED(status));  // not killed by SIGABRT (std::terminate)
     CHECK(WEXITSTATUS(status) == 0);
+}
+
+TEST_CASE("back-to-back loops hand every index over exactly once, and a worker's exception reaches the caller") {
+    qlm::ThreadPool pool(3);
+    std::atomic<std::uint64_t> sum{0};
+    for (int loop = 0; loop < 20000; ++loop)
+        pool.run_on_all([&](std::size_t t) { sum.fetch_add(t + 1, std::memory_order_relaxed); });
+    CHECK(sum == 20000u * (1 + 2 + 3));
+    CHECK_THROWS_WITH_AS(pool.run_on_all([](std::size_t t) {
+        if (t == 2) throw qlm::invalid_argument("from worker 2");
+    }),
+                         "from worker 2", qlm::invalid_argument);
+    std::atomic<int> after{0};
+    pool.run_on_all([&](std::size_t) { ++after; });  // still usable, and the old error is gone
+    CHECK(after == 3);
+    // Workers that went to sleep (idle for a while) wake up for the next loop.
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    pool.run_on_all([&](std::size_t) { ++after; });
+    CHECK(after == 6);
 }

@@ -1,7 +1,7 @@
 #pragma once
 // A fixed-size thread pool for data-parallel loops. The calling thread takes part in every loop.
-// After a loop, workers poll for the next one for a few microseconds (a decode step runs dozens
-// of short loops back to back) and then sleep on a condition variable: an idle pool uses no CPU.
+// After a loop, workers poll for the next one for a while (a decode step runs dozens of short
+// loops back to back) and then sleep on a condition variable: an idle pool uses no CPU.
 #include <qlm/core/error.hpp>
 
 #include <algorithm>
@@ -14,6 +14,7 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace qlm {
@@ -52,32 +53,42 @@ public:
     std::size_t size() const noexcept { return workers_.size() + 1; }
 
     // Calls fn(thread_index) once on each of size() threads and waits for all of them.
+    // The hand-off is lock-free while the workers are polling (a decode step runs dozens of short
+    // loops back to back: a mutex and a condition variable per loop cost more than small loops);
+    // the mutex is taken only to wake workers that went to sleep, and to record an exception.
     void run_on_all(const std::function<void(std::size_t)>& fn) {
         if (workers_.empty()) {
             fn(0);
             return;
         }
         std::unique_lock loop_lock(loop_mutex_);  // one loop at a time per pool
-        {
-            std::lock_guard lock(mutex_);
-            task_ = &fn;
-            pending_.store(workers_.size(), std::memory_order_relaxed);
-            error_ = nullptr;
-            generation_.fetch_add(1, std::memory_order_release);
+        task_.store(&fn, std::memory_order_relaxed);
+        pending_.store(workers_.size(), std::memory_order_relaxed);
+        generation_.fetch_add(1, std::memory_order_seq_cst);  // publishes task_ and pending_
+        if (sleeping_.load(std::memory_order_seq_cst) != 0) {
+            std::lock_guard lock(mutex_);  // a sleeper is in wait() or about to re-check under the lock
+            wake_.notify_all();
         }
-        wake_.notify_all();
         std::exception_ptr caller_error;
         try {
             fn(0);
         } catch (...) {
             caller_error = std::current_exception();
         }
-        for (int i = 0; i < kSpinIterations && pending_.load(std::memory_order_acquire) != 0; ++i) pause();
-        std::unique_lock lock(mutex_);
-        done_.wait(lock, [this] { return pending_.load(std::memory_order_acquire) == 0; });
-        task_ = nullptr;
+        for (int i = 0; pending_.load(std::memory_order_acquire) != 0; ++i) {
+            if (i < kSpinIterations) {
+                pause();
+            } else {  // a worker was descheduled (a busy machine): give the core away
+                std::this_thread::yield();
+            }
+        }
+        std::exception_ptr worker_error;
+        {
+            std::lock_guard lock(mutex_);
+            worker_error = std::exchange(error_, nullptr);
+        }
         if (caller_error) std::rethrow_exception(caller_error);
-        if (error_) std::rethrow_exception(error_);
+        if (worker_error) std::rethrow_exception(worker_error);
     }
 
     // Splits [0, n) into contiguous chunks, at most one per thread, each a multiple of `grain`
@@ -121,35 +132,33 @@ private:
     void worker_loop(std::size_t index) {
         std::size_t seen = 0;
         for (;;) {
-            const std::function<void(std::size_t)>* task = nullptr;
             for (int i = 0; i < kSpinIterations && generation_.load(std::memory_order_acquire) == seen; ++i) pause();
-            {
+            if (generation_.load(std::memory_order_acquire) == seen) {
                 std::unique_lock lock(mutex_);
-                wake_.wait(lock, [&] { return stopping_ || generation_.load(std::memory_order_relaxed) != seen; });
+                sleeping_.fetch_add(1, std::memory_order_seq_cst);  // then re-check: run_on_all reads it after publishing
+                wake_.wait(lock, [&] { return stopping_ || generation_.load(std::memory_order_seq_cst) != seen; });
+                sleeping_.fetch_sub(1, std::memory_order_relaxed);
                 if (stopping_) return;
-                seen = generation_.load(std::memory_order_relaxed);
-                task = task_;
             }
-            std::exception_ptr error;
+            seen = generation_.load(std::memory_order_acquire);
             try {
-                (*task)(index);
+                (*task_.load(std::memory_order_relaxed))(index);
             } catch (...) {
-                error = std::current_exception();
+                std::lock_guard lock(mutex_);
+                if (!error_) error_ = std::current_exception();
             }
-            std::lock_guard lock(mutex_);
-            if (error && !error_) error_ = error;
-            if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) done_.notify_one();
+            pending_.fetch_sub(1, std::memory_order_release);
         }
     }
 
     std::vector<std::thread> workers_;
     std::mutex loop_mutex_;
-    std::mutex mutex_;
+    std::mutex mutex_;  // guards sleeping workers' wake-up, error_ and stopping_
     std::condition_variable wake_;
-    std::condition_variable done_;
-    const std::function<void(std::size_t)>* task_ = nullptr;
+    std::atomic<const std::function<void(std::size_t)>*> task_{nullptr};
     std::atomic<std::size_t> pending_{0};
     std::atomic<std::size_t> generation_{0};
+    std::atomic<std::size_t> sleeping_{0};
     std::exception_ptr error_;
     bool stopping_ = false;
 };
