@@ -425,6 +425,34 @@ TEST_CASE("hand-made AutoGPTQ checkpoints load to exactly (q - z) * s") {
     }
 }
 
+TEST_CASE("foreign group sizes: any positive multiple of 32, at every bit width") {
+    for (const int bits : {2, 3}) {
+        CAPTURE(bits);
+        HandMade h;
+        h.bits = bits;
+        h.group_size = 32;
+        h.desc_act = true;
+        const auto dir = temp_dir("g32");
+        const Built b = build_checkpoint(h, dir);
+        const auto loaded = qlm::load_any_checkpoint(dir);
+        CHECK(loaded.info.weights.group_size == 32);
+        check_known(loaded, b, false, true);
+
+        // A group size qlm cannot hold: the message states the rule as it is now.
+        build_checkpoint(h, dir, [](RawFile&, nlohmann::json& qc) { qc["group_size"] = 16; });
+        std::string message;
+        try {
+            qlm::load_any_checkpoint(dir);
+        } catch (const qlm::format_error& e) {
+            message = e.what();
+        }
+        CHECK(message.find("group size 16 at " + std::to_string(bits) + " bits") != std::string::npos);
+        CHECK(message.find("(a positive multiple of 32)") != std::string::npos);
+        CHECK(message.find("of 64") == std::string::npos);
+        fs::remove_all(dir);
+    }
+}
+
 TEST_CASE("hand-made AutoAWQ GEMM checkpoints load to exactly (q - z) * s") {
     for (const bool old_style : {false, true}) {
         CAPTURE(old_style);

@@ -185,7 +185,7 @@ inline QuantSpec foreign_spec(int bits, long long group_size, bool symmetric, co
     }
     if (!spec.valid())
         throw format_error(where + "group size " + std::to_string(group_size) + " at " + std::to_string(bits) +
-                           " bits does not fit qlm's packed layout (a multiple of 32, or of 64 for 2 and 3 bits)");
+                           " bits does not fit qlm's packed layout (a positive multiple of 32)");
     return spec;
 }
 
