@@ -24,6 +24,7 @@
 #include <span>
 #include <string>
 #include <system_error>
+#include <type_traits>
 #include <vector>
 
 namespace qlm {
@@ -265,19 +266,30 @@ inline void write_gptq_tensors(const GPT2Model<AnyLinear>& model, const std::fil
     writer.write(file);
 }
 
+// info.details[key] when it holds a value of T's JSON kind, else fallback.
+template <class T>
+T detail_or(const QuantizationInfo& info, const char* key, T fallback) {
+    if (!info.details.is_object() || !info.details.contains(key)) return fallback;
+    const auto& v = info.details.at(key);
+    if constexpr (std::is_same_v<T, bool>)
+        return v.is_boolean() ? v.get<bool>() : fallback;
+    else
+        return v.is_number() ? v.get<T>() : fallback;
+}
+
 inline nlohmann::json gptq_quantization_config(const GptqFileScheme& file, const QuantizationInfo& info,
                                                const AutoGptqSaveOptions& options) {
-    double damp = 0.01;
-    if (info.details.is_object() && info.details.contains("percdamp") && info.details["percdamp"].is_number())
-        damp = info.details["percdamp"].get<double>();
+    // act_order / static_groups as quantize_gpt2's GPTQ recorded them: act-order with static
+    // groups stores no column order, yet the checkpoint is still desc_act.
+    const bool desc_act = file.input_order || detail_or(info, "act_order", false);
     nlohmann::json qc = {{"quant_method", "gptq"},
                          {"bits", file.bits},
                          {"group_size", file.group_size},
-                         {"desc_act", file.input_order},
+                         {"desc_act", desc_act},
                          {"sym", file.sym},
-                         {"static_groups", false},
+                         {"static_groups", detail_or(info, "static_groups", false)},
                          {"true_sequential", true},
-                         {"damp_percent", damp},
+                         {"damp_percent", detail_or(info, "percdamp", 0.01)},
                          {"checkpoint_format", options.checkpoint_format},
                          {"model_name_or_path", nullptr},
                          {"model_file_base_name", "model"},
@@ -292,7 +304,8 @@ inline nlohmann::json gptq_quantization_config(const GptqFileScheme& file, const
 // names, config.json with quantization_config, quantize_config.json, and the tokenizer files of
 // tokenizer_dir when given. Every QuantLinear must share one bit width (2, 3, 4 or 8) and one
 // group size (per-channel and per-tensor layers are written with group_size -1); a layer with an
-// input_order is written in the original column order with its g_idx, and desc_act is true.
+// input_order is written in the original column order with its g_idx. desc_act is true when a
+// layer has an input_order or info.details says act_order; static_groups comes from info.details.
 // Float layers are written as Conv1D P.weight and listed in modules_to_not_convert (qlm and
 // loaders honouring that key read them; AutoGPTQ itself expects every layer quantized).
 // A quantized tied head (QuantizeOptions::quantize_head) is written dequantized as the float wte.
