@@ -425,6 +425,34 @@ TEST_CASE("hand-made AutoGPTQ checkpoints load to exactly (q - z) * s") {
     }
 }
 
+TEST_CASE("foreign group sizes: any positive multiple of 32, at every bit width") {
+    for (const int bits : {2, 3}) {
+        CAPTURE(bits);
+        HandMade h;
+        h.bits = bits;
+        h.group_size = 32;
+        h.desc_act = true;
+        const auto dir = temp_dir("g32");
+        const Built b = build_checkpoint(h, dir);
+        const auto loaded = qlm::load_any_checkpoint(dir);
+        CHECK(loaded.info.weights.group_size == 32);
+        check_known(loaded, b, false, true);
+
+        // A group size qlm cannot hold: the message states the rule as it is now.
+        build_checkpoint(h, dir, [](RawFile&, nlohmann::json& qc) { qc["group_size"] = 16; });
+        std::string message;
+        try {
+            qlm::load_any_checkpoint(dir);
+        } catch (const qlm::format_error& e) {
+            message = e.what();
+        }
+        CHECK(message.find("group size 16 at " + std::to_string(bits) + " bits") != std::string::npos);
+        CHECK(message.find("(a positive multiple of 32)") != std::string::npos);
+        CHECK(message.find("of 64") == std::string::npos);
+        fs::remove_all(dir);
+    }
+}
+
 TEST_CASE("hand-made AutoAWQ GEMM checkpoints load to exactly (q - z) * s") {
     for (const bool old_style : {false, true}) {
         CAPTURE(old_style);
@@ -602,6 +630,57 @@ TEST_CASE("qlm -> save_autogptq -> load_autogptq keeps codes and zeros, scales t
             CHECK(reloaded == rounded);
         else
             CHECK(relative_error(reloaded, rounded) < 1e-5);
+        fs::remove_all(dir);
+    }
+}
+
+TEST_CASE("save_autogptq: desc_act and static_groups follow the GPTQ run, act-order with static groups too") {
+    qlm::ThreadPool pool(2);
+    struct Case {
+        bool act_order, static_groups;
+    };
+    for (const Case c : {Case{false, false}, Case{true, false}, Case{true, true}, Case{false, true}}) {
+        CAPTURE(c.act_order);
+        CAPTURE(c.static_groups);
+        qlm::QuantizeOptions o;
+        o.method = "gptq";
+        o.weights = {4, qlm::GranularityKind::per_group, 64, true};
+        o.gptq_act_order = c.act_order;
+        o.gptq_static_groups = c.static_groups;
+        o.warn = [](const std::string&) {};
+        const auto q = qlm::quantize_gpt2(pool, qlm::random_gpt2_weights(small_config(), 5), o, &calibration());
+        // With static groups the columns stay in original order: no input_order tells of act-order.
+        const bool has_order = !q.model.blocks()[0].c_fc.get<qlm::AnyQuantLinear>().input_order().empty();
+        CHECK(has_order == (c.act_order && !c.static_groups));
+
+        const auto dir = temp_dir("desc_act");
+        qlm::save_autogptq(q.model, q.info, dir);
+        const auto qc = read_json(dir / "quantize_config.json");
+        CHECK(qc.at("desc_act") == c.act_order);
+        CHECK(qc.at("static_groups") == c.static_groups);
+        {  // static groups: g_idx is k / G even with desc_act, as AutoGPTQ writes it
+            const auto f = qlm::SafetensorsFile::open(dir / "model.safetensors");
+            const auto g_idx = f.view<std::int32_t>("transformer.h.0.mlp.c_fc.g_idx");
+            std::size_t in_order = 0;
+            for (std::size_t k = 0; k < g_idx.numel(); ++k) in_order += static_cast<std::size_t>(g_idx.data()[k]) == k / 64;
+            CHECK((in_order == g_idx.numel()) == !has_order);
+        }
+        const auto loaded = qlm::load_autogptq(dir);
+        CHECK(loaded.info.details.at("desc_act") == c.act_order);
+        const auto reloaded = last_logits(pool, loaded.model), rounded = last_logits(pool, with_fp16_scales(q.model));
+        if (!has_order)
+            CHECK(reloaded == rounded);
+        else
+            CHECK(relative_error(reloaded, rounded) < 1e-5);
+        fs::remove_all(dir);
+    }
+    SUBCASE("without GPTQ's details (RTN): desc_act from the stored column order, static_groups false") {
+        const auto q = quantize(pool, "rtn", {4, qlm::GranularityKind::per_group, 64, true});
+        const auto dir = temp_dir("desc_act_rtn");
+        qlm::save_autogptq(q.model, q.info, dir);
+        const auto qc = read_json(dir / "quantize_config.json");
+        CHECK(qc.at("desc_act") == false);
+        CHECK(qc.at("static_groups") == false);
         fs::remove_all(dir);
     }
 }

@@ -15,6 +15,7 @@
 #include <limits>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -144,6 +145,59 @@ TEST_CASE("quantization options and calibration are validated") {
     CHECK_THROWS_AS(qlm::quantize_gpt2(pool, weights, options), qlm::invalid_argument);
     const std::vector<std::int32_t> one{1};
     CHECK_THROWS_AS(qlm::calibration::from_tokens(one, {}), qlm::invalid_argument);
+}
+
+TEST_CASE("the method table: names, calibration, what each method records and reports") {
+    const std::vector<std::string> names{"rtn", "int8-dynamic", "int8-static", "gptq", "awq"};
+    CHECK(qlm::quantize_methods() == names);
+    for (const auto& name : names) CHECK(qlm::method_needs_calibration(name) == (name != "rtn" && name != "int8-dynamic"));
+    CHECK_FALSE(qlm::method_needs_calibration("magic"));
+
+    qlm::QuantizeOptions options;
+    CHECK_FALSE(qlm::needs_calibration(options));
+    options.salient_fraction = 0.01;
+    CHECK(qlm::needs_calibration(options));  // rtn with salient channels
+    options.method = "int8-dynamic";
+    CHECK_FALSE(qlm::needs_calibration(options));  // salient channels are rtn's only (refused below)
+
+    qlm::ThreadPool pool(2);
+    const auto cfg = small_config();
+    const auto weights = qlm::random_gpt2_weights(cfg, 3);
+    const auto calibration = qlm_test::calibration_from(token_stream(1000, cfg.vocab_size), 4, 32);
+    CHECK_THROWS_WITH_AS(qlm::quantize_gpt2(pool, weights, options, &calibration),
+                         "qlm: salient_fraction must be in [0, 1) and is supported with rtn only", qlm::invalid_argument);
+    options.method = "rtn";
+    CHECK_THROWS_WITH_AS(qlm::quantize_gpt2(pool, weights, options),
+                         "qlm: method 'rtn' with salient channels needs calibration data", qlm::invalid_argument);
+    options.method = "magic";
+    CHECK_THROWS_WITH_AS(qlm::quantize_gpt2(pool, weights, options),
+                         "qlm: unknown quantization method 'magic' (rtn, int8-dynamic, int8-static, gptq, awq)", qlm::invalid_argument);
+
+    for (const auto& name : names) {
+        CAPTURE(name);
+        qlm::QuantizeOptions o;
+        o.method = name;
+        o.weights = {4, qlm::GranularityKind::per_group, 64, true};
+        std::vector<std::pair<std::size_t, std::string>> stages;
+        o.on_progress = [&](const qlm::QuantizeProgress& p) {
+            CHECK(p.layers == cfg.n_layer);
+            stages.emplace_back(p.layer, p.stage);
+        };
+        const auto r = qlm::quantize_gpt2(pool, weights, o, &calibration);
+        const bool int8 = name.rfind("int8", 0) == 0;
+        CHECK(r.info.method == name);
+        CHECK(r.info.activations == (int8 ? name : std::string("float")));
+        CHECK(r.info.weights == (int8 ? qlm::QuantSpec{8, qlm::GranularityKind::per_channel, 0, true} : o.weights));
+        CHECK(r.info.details.contains("calibration_samples") == qlm::method_needs_calibration(name));
+        // Every block ends with "quantized", in order.
+        std::vector<std::size_t> done;
+        for (const auto& [layer, stage] : stages)
+            if (stage == "quantized") done.push_back(layer);
+        std::vector<std::size_t> blocks(cfg.n_layer);
+        for (std::size_t i = 0; i < blocks.size(); ++i) blocks[i] = i;
+        CHECK(done == blocks);
+        CHECK(stages.back().second == "quantized");
+    }
 }
 
 TEST_CASE("corrupt or inconsistent quantized checkpoints give clear errors") {

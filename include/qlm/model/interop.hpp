@@ -5,9 +5,17 @@
 //   load_autoawq(dir)       AutoAWQ GEMM GPT-2 (4 bits)
 //   save_autogptq(model, info, dir, tokenizer_dir, options)   qlm weight-only layers -> AutoGPTQ
 //   load_any_checkpoint(dir)   qlm, AutoGPTQ, AutoAWQ or float Hugging Face, chosen by the config
+//
+// The pieces, in interop/: config_json.hpp (config files), tensor_source.hpp (the tensors, shared
+// by both readers), gptq_config.hpp, gptq_reader.hpp, gptq_export.hpp, awq_reader.hpp.
+#include <qlm/core/error.hpp>
 #include <qlm/model/checkpoint.hpp>
-#include <qlm/model/interop_awq.hpp>
-#include <qlm/model/interop_gptq.hpp>
+#include <qlm/model/interop/awq_reader.hpp>
+#include <qlm/model/interop/config_json.hpp>
+#include <qlm/model/interop/gptq_export.hpp>
+#include <qlm/model/interop/gptq_reader.hpp>
+
+#include <nlohmann/json.hpp>
 
 #include <filesystem>
 #include <string>

@@ -2,6 +2,8 @@
 // Quantizing a GPT-2: RTN and INT8 dynamic need only the weights; INT8 static, GPTQ and AWQ run
 // calibration samples through the model block by block, where each block sees the outputs of the
 // blocks before it as already quantized (the GPTQ reference's sequential recipe).
+// Each method is one function over the model (detail::quantize_*_model); detail::kQuantizeMethods
+// is the table quantize_gpt2 chooses from by name.
 #include <qlm/core/error.hpp>
 #include <qlm/core/thread_pool.hpp>
 #include <qlm/model/checkpoint.hpp>
@@ -16,6 +18,7 @@
 
 #include <array>
 #include <chrono>
+#include <cmath>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -52,19 +55,6 @@ struct QuantizeOptions {
     std::function<void(const QuantizeProgress&)> on_progress;
     std::function<void(const std::string&)> warn;  // GPTQ damping fallbacks etc.; empty: stderr
 };
-
-inline const std::vector<std::string>& quantize_methods() {
-    static const std::vector<std::string> methods{"rtn", "int8-dynamic", "int8-static", "gptq", "awq"};
-    return methods;
-}
-
-inline bool method_needs_calibration(const std::string& method) {
-    return method == "int8-static" || method == "gptq" || method == "awq";
-}
-
-inline bool needs_calibration(const QuantizeOptions& options) {
-    return method_needs_calibration(options.method) || (options.method == "rtn" && options.salient_fraction > 0.0);
-}
 
 namespace detail {
 
@@ -196,9 +186,373 @@ private:
     std::vector<float> data_;
 };
 
+// ---- what every method shares ------------------------------------------------------------------
+
+// What a method works with while it quantizes one model.
+struct QuantizeContext {
+    ThreadPool& pool;
+    GPT2Model<AnyLinear>& model;
+    const QuantizeOptions& options;
+    QuantSpec spec;             // the weights' scheme (int8 per channel for the int8 methods)
+    QuantizationInfo& info;
+    CalibrationRunner* runner;  // null for the methods that need only the weights
+    std::chrono::steady_clock::time_point start;
+
+    double seconds() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); }
+    void report(std::size_t layer, const std::string& stage) const {
+        if (options.on_progress) options.on_progress({layer, model.blocks().size(), stage, seconds()});
+    }
+    // in_features of each slot, in kLinearSlots order.
+    std::array<std::size_t, 4> slot_inputs() const {
+        const auto& cfg = model.config();
+        return {cfg.n_embd, cfg.n_embd, cfg.n_embd, cfg.inner()};
+    }
+    AnyQuantLinear rtn(TensorView<const float> w, Tensor<float> bias, ActQuant activations = ActQuant::none,
+                       float static_scale = 0.0f) const {
+        return AnyQuantLinear(quantize_rtn(w, spec, pool, options.rtn), std::move(bias), {}, activations, static_scale);
+    }
+};
+
+// Runs make(block, layer): then, with calibration, the quantized block's outputs become the next
+// block's inputs (the sequential recipe).
+template <class MakeBlock>
+void for_each_block(QuantizeContext& ctx, MakeBlock&& make) {
+    auto& blocks = ctx.model.mutable_blocks();
+    for (std::size_t i = 0; i < blocks.size(); ++i) {
+        make(blocks[i], i);
+        if (ctx.runner) ctx.runner->run(i, nullptr, true);
+        ctx.report(i, "quantized");
+    }
+}
+
+// Replaces each float linear of the block by make(slot, its DenseLinear).
+template <class MakeLinear>
+void replace_linears(GPT2Block<AnyLinear>& block, MakeLinear&& make) {
+    for (const LinearSlot slot : kLinearSlots) {
+        AnyLinear& layer = linear_of(block, slot);
+        layer = make(slot, dense(layer, hf_name(slot)));
+    }
+}
+
+// Runs the float block `layer` over the calibration samples; see(slot, x, rows) sees each linear's input.
+template <class See>
+void observe_inputs(QuantizeContext& ctx, std::size_t layer, See&& see) {
+    ctx.runner->run(layer, [&](std::size_t, LinearSlot slot, const float* x, std::size_t rows) { see(slot, x, rows); }, false);
+}
+
+// The bits / group_size / symmetric of gptq::Options, awq::ScaleSearchOptions, awq::ClipOptions.
+template <class Options>
+Options scheme_options(const QuantSpec& spec) {
+    Options o;
+    o.bits = spec.bits;
+    o.group_size = spec.granularity == GranularityKind::per_group ? spec.group_size : 0;
+    o.symmetric = spec.symmetric;
+    return o;
+}
+
+// ---- rtn, int8-dynamic -------------------------------------------------------------------------
+
+inline void quantize_rtn_model(QuantizeContext& ctx) {
+    ctx.info.details = {{"mse_clip", ctx.options.rtn.mse_clip}};
+    for_each_block(ctx, [&](GPT2Block<AnyLinear>& block, std::size_t) {
+        replace_linears(block, [&](LinearSlot, const DenseLinear& d) { return ctx.rtn(d.weight().view(), d.bias()); });
+    });
+}
+
+inline void quantize_int8_dynamic_model(QuantizeContext& ctx) {
+    for_each_block(ctx, [&](GPT2Block<AnyLinear>& block, std::size_t) {
+        replace_linears(block, [&](LinearSlot, const DenseLinear& d) {
+            return ctx.rtn(d.weight().view(), d.bias(), ActQuant::int8_dynamic);
+        });
+    });
+}
+
+// ---- rtn with salient channels (mixed precision) -----------------------------------------------
+
+// The layer split in two: the salient input columns at 8 bits, the others (zeroed there) at spec.
+inline MixedLinear salient_split(const QuantizeContext& ctx, const DenseLinear& d, const std::vector<double>& abs_sum) {
+    Tensor<float> mean_abs(Shape{abs_sum.size()});
+    for (std::size_t j = 0; j < abs_sum.size(); ++j) mean_abs.data()[j] = static_cast<float>(abs_sum[j]);
+    const auto salient = awq::salient_channels(mean_abs, ctx.options.salient_fraction);
+    const std::size_t n = d.out_features(), k = d.in_features();
+    Tensor<float> base = d.weight(), part(Shape{n, salient.size()});
+    for (std::size_t r = 0; r < n; ++r)
+        for (std::size_t j = 0; j < salient.size(); ++j) {
+            part.data()[r * salient.size() + j] = base.data()[r * k + salient[j]];
+            base.data()[r * k + salient[j]] = 0.0f;
+        }
+    std::vector<std::int32_t> columns(salient.begin(), salient.end());
+    return MixedLinear(ctx.rtn(base.view(), d.bias()),
+                       AnyQuantLinear(quantize_rtn(part.view(), int8_weight_spec(), ctx.pool, ctx.options.rtn), {}),
+                       std::move(columns));
+}
+
+inline void quantize_salient_rtn_model(QuantizeContext& ctx) {
+    ctx.info.details["salient_fraction"] = ctx.options.salient_fraction;
+    ctx.info.details["salient_bits"] = 8;
+    for_each_block(ctx, [&](GPT2Block<AnyLinear>& block, std::size_t i) {
+        std::vector<std::vector<double>> abs_sum;
+        for (const std::size_t k : ctx.slot_inputs()) abs_sum.emplace_back(k, 0.0);
+        observe_inputs(ctx, i, [&](LinearSlot slot, const float* x, std::size_t rows) {
+            auto& acc = abs_sum[slot_index(slot)];
+            for (std::size_t r = 0; r < rows; ++r)
+                for (std::size_t j = 0; j < acc.size(); ++j) acc[j] += std::fabs(x[r * acc.size() + j]);
+        });
+        replace_linears(block, [&](LinearSlot slot, const DenseLinear& d) { return salient_split(ctx, d, abs_sum[slot_index(slot)]); });
+    });
+}
+
+// ---- int8-static (+ SmoothQuant) ---------------------------------------------------------------
+
+// Migrates activation outliers of the layer-norm-fed layers into their weights: one pass for the
+// per-channel activation absmax, then each norm and its layer are rescaled.
+inline void smooth_block(QuantizeContext& ctx, GPT2Block<AnyLinear>& block, std::size_t i) {
+    const std::size_t C = ctx.model.config().n_embd;
+    ChannelAbsMaxObserver attn_in(C), fc_in(C);
+    observe_inputs(ctx, i, [&](LinearSlot slot, const float* x, std::size_t rows) {
+        if (slot == LinearSlot::c_attn) attn_in.observe(std::span<const float>(x, rows * C));
+        if (slot == LinearSlot::c_fc) fc_in.observe(std::span<const float>(x, rows * C));
+    });
+    SmoothQuantOptions sq;
+    sq.alpha = *ctx.options.smoothquant_alpha;
+    auto smooth = [&](ChannelAbsMaxObserver& obs, LayerNormWeights& ln, AnyLinear& layer) {
+        DenseLinear d = dense(layer, "smoothed layer");
+        Tensor<float> w = d.weight();
+        const auto s = smoothquant_scales(obs.absmax(), {w.view()}, sq);
+        smooth_layernorm(ln.weight.span(), ln.bias.span(), s);
+        smooth_weight_columns(w.view(), s);
+        layer = DenseLinear(std::move(w), d.bias());
+    };
+    smooth(attn_in, block.ln_1, block.c_attn);
+    smooth(fc_in, block.ln_2, block.c_fc);
+    ctx.report(i, "smoothed");
+}
+
+inline void quantize_int8_static_model(QuantizeContext& ctx) {
+    ctx.info.details["observer"] = ctx.options.observer;
+    if (ctx.options.smoothquant_alpha) ctx.info.details["smoothquant_alpha"] = *ctx.options.smoothquant_alpha;
+    const auto inputs = ctx.slot_inputs();
+    for_each_block(ctx, [&](GPT2Block<AnyLinear>& block, std::size_t i) {
+        if (ctx.options.smoothquant_alpha) smooth_block(ctx, block, i);
+        std::vector<ActivationObserver> observers;
+        for (int s = 0; s < 4; ++s) observers.push_back(make_observer(ctx.options.observer));
+        observe_inputs(ctx, i, [&](LinearSlot slot, const float* x, std::size_t rows) {
+            const std::size_t k = inputs[slot_index(slot)];
+            std::visit([&](auto& o) { o.observe(std::span<const float>(x, rows * k)); }, observers[slot_index(slot)]);
+        });
+        replace_linears(block, [&](LinearSlot slot, const DenseLinear& d) {
+            const QParams p = std::visit([](const auto& o) { return o.compute_params(8, true); }, observers[slot_index(slot)]);
+            return ctx.rtn(d.weight().view(), d.bias(), ActQuant::int8_static, p.scale > 0.0f ? p.scale : 1e-8f);
+        });
+    });
+}
+
+// ---- gptq --------------------------------------------------------------------------------------
+
+// A GPTQ result as a layer. With act-order (without static groups) the groups are contiguous only
+// in quantization order, so the columns are stored in that order and the layer gathers its input.
+inline AnyQuantLinear gptq_layer(gptq::Result r, Tensor<float> bias) {
+    std::vector<std::int32_t> order;
+    if (!r.ordered_groups()) {
+        Tensor<std::uint8_t> codes(Shape{r.rows, r.cols});
+        for (std::size_t row = 0; row < r.rows; ++row)
+            for (std::size_t j = 0; j < r.cols; ++j) codes.data()[row * r.cols + j] = r.codes.data()[row * r.cols + r.perm[j]];
+        r.codes = std::move(codes);
+        for (std::size_t j = 0; j < r.cols; ++j) {
+            order.push_back(static_cast<std::int32_t>(r.perm[j]));
+            r.g_idx[j] = static_cast<std::uint32_t>(j / r.group_size);
+        }
+    }
+    return AnyQuantLinear(gptq::to_quant_tensor(r), std::move(bias), std::move(order));
+}
+
+inline void quantize_gptq_model(QuantizeContext& ctx) {
+    const QuantizeOptions& o = ctx.options;
+    ctx.info.details["percdamp"] = o.gptq_percdamp;
+    ctx.info.details["act_order"] = o.gptq_act_order;
+    ctx.info.details["static_groups"] = o.gptq_static_groups;
+    ctx.info.details["block_size"] = o.gptq_block_size;
+    auto g = scheme_options<gptq::Options>(ctx.spec);
+    g.percdamp = o.gptq_percdamp;
+    g.block_size = o.gptq_block_size;
+    g.act_order = o.gptq_act_order;
+    g.static_groups = o.gptq_static_groups;
+    g.mse = o.rtn.mse_clip;
+    g.warn = o.warn;
+    for_each_block(ctx, [&](GPT2Block<AnyLinear>& block, std::size_t i) {
+        std::vector<gptq::HessianAccumulator> hessians;
+        for (const std::size_t k : ctx.slot_inputs()) hessians.emplace_back(k);
+        observe_inputs(ctx, i, [&](LinearSlot slot, const float* x, std::size_t rows) {
+            hessians[slot_index(slot)].add(ctx.pool, x, rows);
+        });
+        ctx.report(i, "hessians");
+        replace_linears(block, [&](LinearSlot slot, const DenseLinear& d) {
+            return gptq_layer(gptq::quantize(ctx.pool, d.weight().view(), hessians[slot_index(slot)], g), d.bias());
+        });
+    });
+}
+
+// ---- awq ---------------------------------------------------------------------------------------
+
+// A block's four float weights, biases and sampled inputs (kLinearSlots order), rescaled in place.
+struct AwqBlock {
+    std::array<Tensor<float>, 4> w, b, x;
+};
+
+inline AwqBlock awq_capture(QuantizeContext& ctx, const GPT2Block<AnyLinear>& block, std::size_t i) {
+    std::vector<RowSampler> inputs;
+    const std::size_t rows = ctx.runner->total_rows();
+    for (const std::size_t k : ctx.slot_inputs()) inputs.emplace_back(k, rows, 4096);
+    observe_inputs(ctx, i, [&](LinearSlot slot, const float* x, std::size_t n) { inputs[slot_index(slot)].add(x, n); });
+    ctx.report(i, "captured");
+    AwqBlock a;
+    for (std::size_t s = 0; s < 4; ++s) {
+        const DenseLinear& d = dense(linear_of(block, kLinearSlots[s]), hf_name(kLinearSlots[s]));
+        a.w[s] = d.weight();
+        a.b[s] = d.bias();
+        a.x[s] = inputs[s].take();
+    }
+    return a;
+}
+
+// The best scales for slot s's input; the caller folds them into what produces that input.
+inline awq::ScaleSearchResult awq_search(const QuantizeContext& ctx, const AwqBlock& a, std::size_t s) {
+    auto so = scheme_options<awq::ScaleSearchOptions>(ctx.spec);
+    so.grid = ctx.options.awq_grid;
+    const Tensor<float>* w[] = {&a.w[s]};
+    return awq::search_scales(ctx.pool, a.x[s], std::span<const Tensor<float>* const>(w), so);
+}
+
+// Slot s's weight columns times the scales, its sampled input divided by them.
+inline void awq_apply(AwqBlock& a, std::size_t s, std::span<const float> scales) {
+    awq::scale_weight_columns(a.w[s], scales);
+    awq::divide_input_columns(a.x[s], scales);
+}
+
+// Searches and folds the scales of the four layers; returns the progress stage naming the alphas.
+inline std::string awq_scale(const QuantizeContext& ctx, GPT2Block<AnyLinear>& block, AwqBlock& a) {
+    const std::size_t C = ctx.model.config().n_embd;
+    // ln_1 -> c_attn
+    const auto s1 = awq_search(ctx, a, 0);
+    awq::fold_into_norm(block.ln_1.weight.span(), block.ln_1.bias.span(), s1.scales.span());
+    awq_apply(a, 0, s1.scales.span());
+    // v (rows 2C..3C of c_attn) -> attn c_proj: attention output is linear in v
+    const auto s2 = awq_search(ctx, a, 1);
+    awq::fold_into_linear_output(a.w[0], a.b[0].span(), 2 * C, s2.scales.span());
+    awq_apply(a, 1, s2.scales.span());
+    // ln_2 -> c_fc
+    const auto s3 = awq_search(ctx, a, 2);
+    awq::fold_into_norm(block.ln_2.weight.span(), block.ln_2.bias.span(), s3.scales.span());
+    awq_apply(a, 2, s3.scales.span());
+    // GELU -> mlp c_proj: no scale passes through GELU into c_fc, so it stays as a division
+    // after GELU (AutoAWQ's ScaledActivation, one multiply per hidden unit and token)
+    double alpha4 = 0.0;
+    if (ctx.options.awq_scale_activation) {
+        auto s4 = awq_search(ctx, a, 3);
+        alpha4 = s4.best_alpha;
+        if (s4.best_alpha > 0.0) {
+            awq_apply(a, 3, s4.scales.span());
+            block.mlp_act_scale = std::move(s4.scales);
+        }
+    }
+    auto alpha = [](double v) { return std::to_string(v).substr(0, 4); };
+    return "scales a=" + alpha(s1.best_alpha) + "/" + alpha(s2.best_alpha) + "/" + alpha(s3.best_alpha) +
+           (ctx.options.awq_scale_activation ? "/" + alpha(alpha4) : std::string());
+}
+
+inline void awq_clip(const QuantizeContext& ctx, AwqBlock& a) {
+    for (std::size_t s = 0; s < 4; ++s) {
+        auto co = scheme_options<awq::ClipOptions>(ctx.spec);
+        if (s == 0) co.row_begin = 2 * ctx.model.config().n_embd;  // q and k are not clipped (as the reference)
+        awq::apply_clip(a.w[s], awq::search_clip(ctx.pool, a.x[s], a.w[s], co));
+    }
+}
+
+inline void quantize_awq_model(QuantizeContext& ctx) {
+    const QuantizeOptions& o = ctx.options;
+    ctx.info.details["grid"] = o.awq_grid;
+    ctx.info.details["clip"] = o.awq_clip;
+    ctx.info.details["folded"] = o.awq_scale_activation
+                                     ? "ln_1->c_attn, v->attn.c_proj, ln_2->c_fc; mlp.c_proj via mlp.act.scales after GELU"
+                                     : "ln_1->c_attn, v->attn.c_proj, ln_2->c_fc; mlp.c_proj unscaled (GELU)";
+    for_each_block(ctx, [&](GPT2Block<AnyLinear>& block, std::size_t i) {
+        AwqBlock a = awq_capture(ctx, block, i);
+        ctx.report(i, awq_scale(ctx, block, a));
+        if (o.awq_clip) awq_clip(ctx, a);
+        for (std::size_t s = 0; s < 4; ++s) linear_of(block, kLinearSlots[s]) = ctx.rtn(a.w[s].view(), a.b[s]);
+    });
+}
+
+// ---- the methods -------------------------------------------------------------------------------
+
+struct QuantizeMethod {
+    const char* name;
+    bool needs_calibration;
+    bool int8;                // int8 per-channel weights, whatever QuantizeOptions::weights says
+    const char* activations;  // QuantizationInfo::activations
+    void (*run)(QuantizeContext&);
+    void (*run_salient)(QuantizeContext&);  // with salient_fraction > 0 (needs calibration); null: unsupported
+};
+
+inline constexpr std::array<QuantizeMethod, 5> kQuantizeMethods{{
+    {"rtn", false, false, "float", quantize_rtn_model, quantize_salient_rtn_model},
+    {"int8-dynamic", false, true, "int8-dynamic", quantize_int8_dynamic_model, nullptr},
+    {"int8-static", true, true, "int8-static", quantize_int8_static_model, nullptr},
+    {"gptq", true, false, "float", quantize_gptq_model, nullptr},
+    {"awq", true, false, "float", quantize_awq_model, nullptr},
+}};
+
+inline const QuantizeMethod* find_method(const std::string& name) noexcept {
+    for (const auto& m : kQuantizeMethods)
+        if (name == m.name) return &m;
+    return nullptr;
+}
+
+inline bool salient_run(const QuantizeMethod& m, const QuantizeOptions& options) noexcept {
+    return m.run_salient != nullptr && options.salient_fraction > 0.0;
+}
+
 }  // namespace detail
 
+// The method names, in the order --help and error messages list them.
+inline const std::vector<std::string>& quantize_methods() {
+    static const std::vector<std::string> methods = [] {
+        std::vector<std::string> names;
+        for (const auto& m : detail::kQuantizeMethods) names.emplace_back(m.name);
+        return names;
+    }();
+    return methods;
+}
+
+inline bool method_needs_calibration(const std::string& method) {
+    const detail::QuantizeMethod* m = detail::find_method(method);
+    return m != nullptr && m->needs_calibration;
+}
+
+// Also true for rtn with salient channels. False for an unknown method (quantize_gpt2 rejects it).
+inline bool needs_calibration(const QuantizeOptions& options) {
+    const detail::QuantizeMethod* m = detail::find_method(options.method);
+    return m != nullptr && (m->needs_calibration || detail::salient_run(*m, options));
+}
+
 namespace detail {
+
+// The method options ask for, after checking that the options and calibration fit it.
+inline const QuantizeMethod& checked_method(const QuantizeOptions& options, const calibration::CalibrationSet* calibration) {
+    const QuantizeMethod* m = find_method(options.method);
+    if (m == nullptr) {
+        std::string names;
+        for (const auto& n : quantize_methods()) names += (names.empty() ? "" : ", ") + n;
+        throw invalid_argument("qlm: unknown quantization method '" + options.method + "' (" + names + ")");
+    }
+    if (needs_calibration(options) && (calibration == nullptr || calibration->samples.empty()))
+        throw invalid_argument("qlm: method '" + options.method + "'" + (options.salient_fraction > 0 ? " with salient channels" : "") +
+                               " needs calibration data");
+    if (options.salient_fraction < 0.0 || options.salient_fraction >= 1.0 || (options.salient_fraction > 0.0 && !m->run_salient))
+        throw invalid_argument("qlm: salient_fraction must be in [0, 1) and is supported with rtn only");
+    return *m;
+}
+
 inline void finish_head(ThreadPool& pool, GPT2Model<AnyLinear>& model, const QuantizeOptions& options, QuantizationInfo& info) {
     if (!options.quantize_head || model.untied_head()) {
         info.details["head"] = "fp32";
@@ -207,6 +561,7 @@ inline void finish_head(ThreadPool& pool, GPT2Model<AnyLinear>& model, const Qua
     model.set_tied_head(AnyQuantLinear(quantize_rtn(model.wte().view(), int8_weight_spec(), pool, options.rtn), Tensor<float>()));
     info.details["head"] = to_string(int8_weight_spec());
 }
+
 }  // namespace detail
 
 struct QuantizeResult {
@@ -216,250 +571,28 @@ struct QuantizeResult {
 };
 
 // Quantizes every linear layer of the float weights. calibration is required for int8-static,
-// gptq and awq (see method_needs_calibration) and ignored otherwise.
+// gptq, awq and rtn with salient channels (see needs_calibration) and ignored otherwise.
 inline QuantizeResult quantize_gpt2(ThreadPool& pool, GPT2FloatWeights weights, const QuantizeOptions& options,
                                    const calibration::CalibrationSet* calibration = nullptr) {
-    using clock = std::chrono::steady_clock;
-    const auto t0 = clock::now();
-    const std::string& method = options.method;
-    if (std::find(quantize_methods().begin(), quantize_methods().end(), method) == quantize_methods().end())
-        throw invalid_argument("qlm: unknown quantization method '" + method + "' (rtn, int8-dynamic, int8-static, gptq, awq)");
-    if (needs_calibration(options) && (calibration == nullptr || calibration->samples.empty()))
-        throw invalid_argument("qlm: method '" + method + "'" + (options.salient_fraction > 0 ? " with salient channels" : "") +
-                               " needs calibration data");
-    if (options.salient_fraction < 0.0 || options.salient_fraction >= 1.0 || (options.salient_fraction > 0.0 && method != "rtn"))
-        throw invalid_argument("qlm: salient_fraction must be in [0, 1) and is supported with rtn only");
-    const bool int8 = method == "int8-dynamic" || method == "int8-static";
-    const QuantSpec spec = int8 ? detail::int8_weight_spec() : options.weights;
+    const auto start = std::chrono::steady_clock::now();
+    const detail::QuantizeMethod& method = detail::checked_method(options, calibration);
+    const QuantSpec spec = method.int8 ? detail::int8_weight_spec() : options.weights;
     spec.validate();
 
     QuantizationInfo info;
-    info.method = method;
+    info.method = options.method;
     info.weights = spec;
-    info.activations = method == "int8-dynamic" ? "int8-dynamic" : method == "int8-static" ? "int8-static" : "float";
-
+    info.activations = method.activations;
     GPT2Model<AnyLinear> model = to_any_linear(std::move(weights));
-    const auto& cfg = model.config();
-    const std::size_t C = cfg.n_embd;
-    auto& blocks = model.mutable_blocks();
-    auto report = [&](std::size_t layer, const std::string& stage) {
-        if (options.on_progress)
-            options.on_progress({layer, blocks.size(), stage, std::chrono::duration<double>(clock::now() - t0).count()});
-    };
-    auto rtn_linear = [&](const DenseLinear& d) {
-        return AnyQuantLinear(quantize_rtn(d.weight().view(), spec, pool, options.rtn), d.bias());
-    };
-
-    if (!needs_calibration(options)) {
-        for (std::size_t i = 0; i < blocks.size(); ++i) {
-            for (const LinearSlot slot : kLinearSlots) {
-                AnyLinear& layer = linear_of(blocks[i], slot);
-                const DenseLinear& d = detail::dense(layer, hf_name(slot));
-                if (method == "rtn")
-                    layer = rtn_linear(d);
-                else
-                    layer = AnyQuantLinear(quantize_rtn(d.weight().view(), spec, pool, options.rtn), d.bias(), {}, ActQuant::int8_dynamic);
-            }
-            report(i, "quantized");
-        }
-        if (method == "rtn") info.details = {{"mse_clip", options.rtn.mse_clip}};
-        detail::finish_head(pool, model, options, info);
-        return {std::move(model), info, std::chrono::duration<double>(clock::now() - t0).count()};
+    std::optional<detail::CalibrationRunner> runner;
+    if (needs_calibration(options)) {
+        runner.emplace(pool, model, *calibration, options.batch_samples);
+        info.details = {{"calibration_samples", calibration->samples.size()}, {"calibration_tokens", calibration->tokens()}};
     }
-
-    detail::CalibrationRunner runner(pool, model, *calibration, options.batch_samples);
-    const std::array<std::size_t, 4> slot_inputs{C, C, C, cfg.inner()};
-    info.details = {{"calibration_samples", calibration->samples.size()}, {"calibration_tokens", calibration->tokens()}};
-
-    for (std::size_t i = 0; i < blocks.size(); ++i) {
-        auto& block = blocks[i];
-        if (method == "int8-static") {
-            if (options.smoothquant_alpha) {
-                // Pass 1: per-channel activation absmax of the layer-norm-fed layers, then migrate.
-                ChannelAbsMaxObserver attn_in(C), fc_in(C);
-                runner.run(i, [&](std::size_t, LinearSlot slot, const float* x, std::size_t rows) {
-                    if (slot == LinearSlot::c_attn) attn_in.observe(std::span<const float>(x, rows * C));
-                    if (slot == LinearSlot::c_fc) fc_in.observe(std::span<const float>(x, rows * C));
-                }, false);
-                SmoothQuantOptions sq;
-                sq.alpha = *options.smoothquant_alpha;
-                auto smooth = [&](ChannelAbsMaxObserver& obs, LayerNormWeights& ln, AnyLinear& layer) {
-                    DenseLinear d = detail::dense(layer, "smoothed layer");
-                    Tensor<float> w = d.weight();
-                    const auto s = smoothquant_scales(obs.absmax(), {w.view()}, sq);
-                    smooth_layernorm(ln.weight.span(), ln.bias.span(), s);
-                    smooth_weight_columns(w.view(), s);
-                    layer = DenseLinear(std::move(w), d.bias());
-                };
-                smooth(attn_in, block.ln_1, block.c_attn);
-                smooth(fc_in, block.ln_2, block.c_fc);
-                report(i, "smoothed");
-            }
-            std::vector<detail::ActivationObserver> observers;
-            for (int s = 0; s < 4; ++s) observers.push_back(detail::make_observer(options.observer));
-            runner.run(i, [&](std::size_t, LinearSlot slot, const float* x, std::size_t rows) {
-                const std::size_t k = slot_inputs[detail::slot_index(slot)];
-                std::visit([&](auto& o) { o.observe(std::span<const float>(x, rows * k)); }, observers[detail::slot_index(slot)]);
-            }, false);
-            for (const LinearSlot slot : kLinearSlots) {
-                AnyLinear& layer = linear_of(block, slot);
-                const DenseLinear& d = detail::dense(layer, hf_name(slot));
-                const QParams p = std::visit([](const auto& o) { return o.compute_params(8, true); }, observers[detail::slot_index(slot)]);
-                const float scale = p.scale > 0.0f ? p.scale : 1e-8f;
-                layer = AnyQuantLinear(quantize_rtn(d.weight().view(), spec, pool, options.rtn), d.bias(), {}, ActQuant::int8_static, scale);
-            }
-            info.details["observer"] = options.observer;
-            if (options.smoothquant_alpha) info.details["smoothquant_alpha"] = *options.smoothquant_alpha;
-        } else if (method == "gptq") {
-            std::vector<gptq::HessianAccumulator> hessians;
-            for (const std::size_t k : slot_inputs) hessians.emplace_back(k);
-            runner.run(i, [&](std::size_t, LinearSlot slot, const float* x, std::size_t rows) {
-                hessians[detail::slot_index(slot)].add(pool, x, rows);
-            }, false);
-            report(i, "hessians");
-            gptq::Options g;
-            g.bits = spec.bits;
-            g.group_size = spec.granularity == GranularityKind::per_group ? spec.group_size : 0;
-            g.symmetric = spec.symmetric;
-            g.percdamp = options.gptq_percdamp;
-            g.block_size = options.gptq_block_size;
-            g.act_order = options.gptq_act_order;
-            g.static_groups = options.gptq_static_groups;
-            g.mse = options.rtn.mse_clip;
-            g.warn = options.warn;
-            for (const LinearSlot slot : kLinearSlots) {
-                AnyLinear& layer = linear_of(block, slot);
-                const DenseLinear& d = detail::dense(layer, hf_name(slot));
-                gptq::Result r = gptq::quantize(pool, d.weight().view(), hessians[detail::slot_index(slot)], g);
-                std::vector<std::int32_t> order;
-                if (!r.ordered_groups()) {
-                    // Store columns in quantization order, so groups are contiguous; the layer gathers its input.
-                    Tensor<std::uint8_t> codes(Shape{r.rows, r.cols});
-                    for (std::size_t row = 0; row < r.rows; ++row)
-                        for (std::size_t j = 0; j < r.cols; ++j) codes.data()[row * r.cols + j] = r.codes.data()[row * r.cols + r.perm[j]];
-                    r.codes = std::move(codes);
-                    for (std::size_t j = 0; j < r.cols; ++j) {
-                        order.push_back(static_cast<std::int32_t>(r.perm[j]));
-                        r.g_idx[j] = static_cast<std::uint32_t>(j / r.group_size);
-                    }
-                }
-                layer = AnyQuantLinear(gptq::to_quant_tensor(r), d.bias(), std::move(order));
-            }
-            info.details["percdamp"] = options.gptq_percdamp;
-            info.details["act_order"] = options.gptq_act_order;
-            info.details["static_groups"] = options.gptq_static_groups;
-            info.details["block_size"] = options.gptq_block_size;
-        } else if (method == "rtn") {  // mixed precision: salient input channels at 8 bits
-            std::vector<std::vector<double>> abs_sum;
-            for (const std::size_t k : slot_inputs) abs_sum.emplace_back(k, 0.0);
-            runner.run(i, [&](std::size_t, LinearSlot slot, const float* x, std::size_t rows) {
-                auto& acc = abs_sum[detail::slot_index(slot)];
-                for (std::size_t r = 0; r < rows; ++r)
-                    for (std::size_t j = 0; j < acc.size(); ++j) acc[j] += std::fabs(x[r * acc.size() + j]);
-            }, false);
-            for (const LinearSlot slot : kLinearSlots) {
-                AnyLinear& layer = linear_of(block, slot);
-                const DenseLinear& d = detail::dense(layer, hf_name(slot));
-                const auto& acc = abs_sum[detail::slot_index(slot)];
-                Tensor<float> mean_abs(Shape{acc.size()});
-                for (std::size_t j = 0; j < acc.size(); ++j) mean_abs.data()[j] = static_cast<float>(acc[j]);
-                const auto salient = awq::salient_channels(mean_abs, options.salient_fraction);
-                const std::size_t n = d.out_features(), k = d.in_features();
-                Tensor<float> base = d.weight(), part(Shape{n, salient.size()});
-                for (std::size_t r = 0; r < n; ++r)
-                    for (std::size_t j = 0; j < salient.size(); ++j) {
-                        part.data()[r * salient.size() + j] = base.data()[r * k + salient[j]];
-                        base.data()[r * k + salient[j]] = 0.0f;
-                    }
-                std::vector<std::int32_t> columns(salient.begin(), salient.end());
-                layer = MixedLinear(AnyQuantLinear(quantize_rtn(base.view(), spec, pool, options.rtn), d.bias()),
-                                    AnyQuantLinear(quantize_rtn(part.view(), detail::int8_weight_spec(), pool, options.rtn), {}),
-                                    std::move(columns));
-            }
-            info.details["salient_fraction"] = options.salient_fraction;
-            info.details["salient_bits"] = 8;
-        } else {  // awq
-            std::vector<detail::RowSampler> inputs;
-            const std::size_t rows = runner.total_rows();
-            for (const std::size_t k : slot_inputs) inputs.emplace_back(k, rows, 4096);
-            runner.run(i, [&](std::size_t, LinearSlot slot, const float* x, std::size_t n) {
-                inputs[detail::slot_index(slot)].add(x, n);
-            }, false);
-            report(i, "captured");
-            awq::ScaleSearchOptions so;
-            so.bits = spec.bits;
-            so.group_size = spec.granularity == GranularityKind::per_group ? spec.group_size : 0;
-            so.symmetric = spec.symmetric;
-            so.grid = options.awq_grid;
-            auto weight_of = [&](LinearSlot slot) { return detail::dense(linear_of(block, slot), hf_name(slot)).weight(); };
-            auto bias_of = [&](LinearSlot slot) { return detail::dense(linear_of(block, slot), hf_name(slot)).bias(); };
-            Tensor<float> w_attn = weight_of(LinearSlot::c_attn), b_attn = bias_of(LinearSlot::c_attn);
-            Tensor<float> w_proj = weight_of(LinearSlot::attn_proj);
-            Tensor<float> w_fc = weight_of(LinearSlot::c_fc);
-            Tensor<float> w_mlp = weight_of(LinearSlot::mlp_proj);
-            std::array<Tensor<float>, 4> x{inputs[0].take(), inputs[1].take(), inputs[2].take(), inputs[3].take()};
-
-            // ln_1 -> c_attn
-            const Tensor<float>* attn_w[] = {&w_attn};
-            auto s1 = awq::search_scales(pool, x[0], std::span<const Tensor<float>* const>(attn_w), so);
-            awq::fold_into_norm(block.ln_1.weight.span(), block.ln_1.bias.span(), s1.scales.span());
-            awq::scale_weight_columns(w_attn, s1.scales.span());
-            awq::divide_input_columns(x[0], s1.scales.span());
-            // v (rows 2C..3C of c_attn) -> attn c_proj: attention output is linear in v
-            const Tensor<float>* proj_w[] = {&w_proj};
-            auto s2 = awq::search_scales(pool, x[1], std::span<const Tensor<float>* const>(proj_w), so);
-            awq::fold_into_linear_output(w_attn, b_attn.span(), 2 * C, s2.scales.span());
-            awq::scale_weight_columns(w_proj, s2.scales.span());
-            awq::divide_input_columns(x[1], s2.scales.span());
-            // ln_2 -> c_fc; mlp c_proj follows GELU, through which no scale can be folded
-            const Tensor<float>* fc_w[] = {&w_fc};
-            auto s3 = awq::search_scales(pool, x[2], std::span<const Tensor<float>* const>(fc_w), so);
-            awq::fold_into_norm(block.ln_2.weight.span(), block.ln_2.bias.span(), s3.scales.span());
-            awq::scale_weight_columns(w_fc, s3.scales.span());
-            awq::divide_input_columns(x[2], s3.scales.span());
-            // GELU -> mlp c_proj: no scale passes through GELU into c_fc, so it stays as a division
-            // after GELU (AutoAWQ's ScaledActivation, one multiply per hidden unit and token)
-            double alpha4 = 0.0;
-            if (options.awq_scale_activation) {
-                const Tensor<float>* mlp_w[] = {&w_mlp};
-                auto s4 = awq::search_scales(pool, x[3], std::span<const Tensor<float>* const>(mlp_w), so);
-                alpha4 = s4.best_alpha;
-                if (s4.best_alpha > 0.0) {
-                    awq::scale_weight_columns(w_mlp, s4.scales.span());
-                    awq::divide_input_columns(x[3], s4.scales.span());
-                    block.mlp_act_scale = std::move(s4.scales);
-                }
-            }
-            auto a = [](double v) { return std::to_string(v).substr(0, 4); };
-            report(i, "scales a=" + a(s1.best_alpha) + "/" + a(s2.best_alpha) + "/" + a(s3.best_alpha) +
-                          (options.awq_scale_activation ? "/" + a(alpha4) : std::string()));
-
-            std::array<Tensor<float>*, 4> ws{&w_attn, &w_proj, &w_fc, &w_mlp};
-            if (options.awq_clip) {
-                for (std::size_t s = 0; s < 4; ++s) {
-                    awq::ClipOptions co;
-                    co.bits = so.bits;
-                    co.group_size = so.group_size;
-                    co.symmetric = so.symmetric;
-                    if (s == 0) co.row_begin = 2 * C;  // q and k are not clipped (as the reference)
-                    awq::apply_clip(*ws[s], awq::search_clip(pool, x[s], *ws[s], co));
-                }
-            }
-            const std::array<Tensor<float>, 4> biases{b_attn, bias_of(LinearSlot::attn_proj), bias_of(LinearSlot::c_fc),
-                                                      bias_of(LinearSlot::mlp_proj)};
-            for (std::size_t s = 0; s < 4; ++s)
-                linear_of(block, kLinearSlots[s]) = AnyQuantLinear(quantize_rtn(ws[s]->view(), spec, pool, options.rtn), biases[s]);
-            info.details["grid"] = options.awq_grid;
-            info.details["clip"] = options.awq_clip;
-            info.details["folded"] = options.awq_scale_activation
-                                         ? "ln_1->c_attn, v->attn.c_proj, ln_2->c_fc; mlp.c_proj via mlp.act.scales after GELU"
-                                         : "ln_1->c_attn, v->attn.c_proj, ln_2->c_fc; mlp.c_proj unscaled (GELU)";
-        }
-        runner.run(i, nullptr, true);  // the next block's inputs come from this quantized block
-        report(i, "quantized");
-    }
+    detail::QuantizeContext ctx{pool, model, options, spec, info, runner ? &*runner : nullptr, start};
+    (detail::salient_run(method, options) ? method.run_salient : method.run)(ctx);
     detail::finish_head(pool, model, options, info);
-    return {std::move(model), info, std::chrono::duration<double>(clock::now() - t0).count()};
+    return {std::move(model), info, ctx.seconds()};
 }
 
 }  // namespace qlm

@@ -8,10 +8,21 @@
 //   P.scales   fp16  [groups, N]
 //   P.bias     fp16  [N]
 // value(n, k) = (q(n, k) - z(n, k / G)) * s(n, k / G).
-#include <qlm/model/interop_gptq.hpp>
+#include <qlm/core/error.hpp>
+#include <qlm/model/checkpoint.hpp>
+#include <qlm/model/interop/config_json.hpp>
+#include <qlm/model/interop/tensor_source.hpp>
+
+#include <nlohmann/json.hpp>
 
 #include <array>
 #include <cctype>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
 
 namespace qlm {
 
@@ -30,31 +41,12 @@ struct AutoAwqConfig {
     std::string version = "gemm";
 
     static AutoAwqConfig read(const std::filesystem::path& dir) {
-        namespace fs = std::filesystem;
-        nlohmann::json merged = nlohmann::json::object();
-        std::string origin;
-        if (fs::exists(dir / "quant_config.json")) {
-            const nlohmann::json q = detail::interop::read_json(dir / "quant_config.json");
-            if (!q.is_object()) throw format_error("qlm: " + (dir / "quant_config.json").string() + ": expected a JSON object");
-            merged.update(q);
-            origin = (dir / "quant_config.json").string();
-        }
-        const nlohmann::json qc = detail::interop::quantization_config_of(dir);
-        if (qc.is_object()) {
-            merged.update(qc);
-            origin = (dir / "config.json").string() + " quantization_config" + (origin.empty() ? "" : " (+ " + origin + ")");
-        }
-        if (origin.empty())
-            throw format_error("qlm: " + dir.string() + ": neither config.json 'quantization_config' nor quant_config.json: "
-                               "not an AutoAWQ checkpoint");
-        return from_json(merged, origin);
+        return detail::interop::read_config_as<AutoAwqConfig>(dir, "quant_config.json", "AutoAWQ");
     }
 
     static AutoAwqConfig from_json(const nlohmann::json& j, const std::string& origin) {
-        const detail::interop::ConfigReader r{j, origin};
+        const detail::interop::ConfigReader r(j, origin, "awq");
         AutoAwqConfig c;
-        if (r.has("quant_method") && r.string("quant_method") != "awq")
-            throw format_error("qlm: " + origin + ": quant_method '" + r.string("quant_method") + "' is not 'awq'");
         const char* bits_key = r.has("bits") ? "bits" : r.has("w_bit") ? "w_bit" : nullptr;
         const char* group_key = r.has("group_size") ? "group_size" : r.has("q_group_size") ? "q_group_size" : nullptr;
         if (!bits_key) throw format_error("qlm: " + origin + ": missing 'bits' (or 'w_bit')");
@@ -64,9 +56,7 @@ struct AutoAwqConfig {
             throw format_error("qlm: " + origin + ": AWQ checkpoints with bits = " + std::to_string(bits) +
                                " are not supported (AutoAWQ's GEMM format is 4-bit)");
         c.bits = 4;
-        c.group_size = r.integer(group_key);
-        if (c.group_size == 0 || c.group_size < -1)
-            throw format_error("qlm: " + origin + ": group_size must be positive or -1, found " + std::to_string(c.group_size));
+        c.group_size = r.group_size(group_key);
         if (r.has("zero_point")) c.zero_point = r.boolean("zero_point");
         if (!c.zero_point)
             throw format_error("qlm: " + origin + ": zero_point false is not supported (AutoAWQ's GEMM layers store zero points)");
@@ -91,26 +81,16 @@ inline std::uint32_t awq_get(const std::uint32_t* row, std::size_t n) noexcept {
 
 inline AnyLinear load_awq_linear(const TensorSource& src, const AutoAwqConfig& cfg, const std::string& name, std::size_t K,
                                  std::size_t N, std::optional<QuantSpec>& seen) {
-    const std::string qw = name + ".qweight", qz = name + ".qzeros", sc = name + ".scales";
-    if (!src.contains(qw)) {
-        if (src.contains(name + ".weight")) return float_conv1d(src, name, K, N);
-        throw format_error("qlm: AutoAWQ checkpoint has neither '" + qw + "' nor '" + name + ".weight'");
-    }
+    if (auto dense = unquantized_layer(src, name, K, N, "AutoAWQ")) return std::move(*dense);
+    const std::string qw = name + ".qweight";
     if (N % 8 != 0)
         throw shape_error(src.where(qw) + "out_features " + std::to_string(N) + " is not a multiple of 8 (8 outputs an int32)");
-    const std::size_t G = cfg.group_size < 0 ? K : static_cast<std::size_t>(cfg.group_size);
-    if (K % G != 0)
-        throw shape_error(src.where(qw) + "in_features " + std::to_string(K) + " is not a multiple of group_size " + std::to_string(G));
-    const std::size_t groups = K / G, W = N / 8;
+    const std::size_t groups = K / columns_per_group(src, qw, K, cfg.group_size), W = N / 8;
     const QuantSpec spec = foreign_spec(4, cfg.group_size, /*symmetric=*/false, src.where(qw));
     AnyQuantTensor::check_shape(spec, N, K, src.resolve(qw));
     const auto qweight = src.load_words(qw, {K, W}, "in_features, out_features / 8");
-    const auto qzeros = src.load_words(qz, {groups, W}, "groups, out_features / 8");
-    const Tensor<float> scales = src.load_float(sc, Shape{groups, N});
-    for (std::size_t i = 0; i < scales.numel(); ++i)
-        if (!std::isfinite(scales.data()[i]) || scales.data()[i] < 0.0f)
-            throw format_error(src.where(sc) + "scale [" + std::to_string(i / N) + ", " + std::to_string(i % N) + "] is " +
-                               std::to_string(scales.data()[i]) + ", expected a finite value >= 0");
+    const auto qzeros = src.load_words(name + ".qzeros", {groups, W}, "groups, out_features / 8");
+    const Tensor<float> scales = load_scales(src, name + ".scales", groups, N);
 
     if (!seen) seen = spec;
     AnyQuantTensor weight(spec, N, K);
@@ -118,10 +98,8 @@ inline AnyLinear load_awq_linear(const TensorSource& src, const AutoAwqConfig& c
     std::vector<float> srow(groups);
     for (std::size_t n = 0; n < N; ++n) {
         for (std::size_t k = 0; k < K; ++k) codes[k] = static_cast<std::uint8_t>(awq_get(qweight.data() + k * W, n));
-        for (std::size_t g = 0; g < groups; ++g) {
-            zrow[g] = static_cast<std::uint8_t>(awq_get(qzeros.data() + g * W, n));
-            srow[g] = scales.data()[g * N + n];
-        }
+        for (std::size_t g = 0; g < groups; ++g) zrow[g] = static_cast<std::uint8_t>(awq_get(qzeros.data() + g * W, n));
+        scales_row(scales, n, srow);
         weight.set_row(n, codes, srow, zrow);
     }
     return AnyQuantLinear(std::move(weight), optional_bias(src, name, N));
@@ -134,18 +112,11 @@ inline AnyLinear load_awq_linear(const TensorSource& src, const AutoAwqConfig& c
 // (gemv, marlin, ...) throw format_error naming the version.
 inline LoadedModel load_autoawq(const std::filesystem::path& dir) {
     const AutoAwqConfig cfg = AutoAwqConfig::read(dir);
-    const GPT2Config config = GPT2Config::from_file(dir / "config.json");
-    const auto src = detail::interop::TensorSource::open(dir);
-    std::optional<QuantSpec> seen;
-    GPT2Model<AnyLinear> model = detail::interop::assemble_gpt2(config, src, [&](const std::string& name, std::size_t in, std::size_t out) {
-        return detail::interop::load_awq_linear(src, cfg, name, in, out, seen);
-    });
-    src.check_all_consumed();
-    QuantizationInfo info;
-    info.method = "awq";
-    if (seen) info.weights = *seen;
-    info.details = {{"source_format", "autoawq"}, {"version", cfg.version}, {"group_size", cfg.group_size}, {"zero_point", true}};
-    return {std::move(model), std::move(info)};
+    const nlohmann::json details = {
+        {"source_format", "autoawq"}, {"version", cfg.version}, {"group_size", cfg.group_size}, {"zero_point", true}};
+    auto load_linear = [&](const detail::interop::TensorSource& src, const std::string& name, std::size_t in, std::size_t out,
+                           std::optional<QuantSpec>& seen) { return detail::interop::load_awq_linear(src, cfg, name, in, out, seen); };
+    return detail::interop::load_foreign_gpt2(dir, {}, "awq", details, load_linear);
 }
 
 }  // namespace qlm
