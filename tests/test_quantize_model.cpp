@@ -194,6 +194,27 @@ TEST_CASE("corrupt or inconsistent quantized checkpoints give clear errors") {
     fs::remove_all(dir);
 }
 
+TEST_CASE("a quantized tied head loads without a float wte") {
+    qlm::ThreadPool pool(1);
+    qlm::QuantizeOptions options;
+    options.weights = {4, qlm::GranularityKind::per_group, 64, true};
+    options.quantize_head = true;
+    auto cfg = small_config();
+    cfg.vocab_size = 320;  // whole 16-row panels: the repacked head then holds exactly the file's bytes
+    const auto result = qlm::quantize_gpt2(pool, qlm::random_gpt2_weights(cfg, 6), options);
+    const fs::path dir = temp_dir("ckpt_tied_head");
+    qlm::save_checkpoint(result.model, result.info, dir);
+    const auto loaded = qlm::load_checkpoint(dir).model;
+    REQUIRE(loaded.tied_head().has_value());
+    CHECK(loaded.wte().numel() == 0);
+    const auto file = qlm::SafetensorsFile::open(dir / "model.safetensors");
+    CHECK_FALSE(file.contains("wte.weight"));
+    std::size_t file_bytes = 0;
+    for (const auto& name : file.names()) file_bytes += file.info(name).bytes.size();
+    CHECK(loaded.parameter_bytes() == file_bytes);
+    fs::remove_all(dir);
+}
+
 TEST_CASE("perplexity is the same number whatever the thread count") {
     const auto cfg = small_config();
     const auto model = qlm::to_any_linear(qlm::random_gpt2_weights(cfg, 5));
