@@ -215,6 +215,85 @@ TEST_CASE("a quantized tied head loads without a float wte") {
     fs::remove_all(dir);
 }
 
+TEST_CASE("a quantization_config that contradicts the layers is refused, on load and on save") {
+    qlm::ThreadPool pool(1);
+    const auto weights = qlm::random_gpt2_weights(small_config(), 2);
+    qlm::QuantizeOptions options;
+    options.weights = {4, qlm::GranularityKind::per_group, 64, false};
+    options.quantize_head = true;
+    const auto result = qlm::quantize_gpt2(pool, weights, options);
+    const fs::path dir = temp_dir("ckpt_config");
+    nlohmann::json written;
+    auto save = [&](const qlm::GPT2Model<qlm::AnyLinear>& model, const qlm::QuantizationInfo& info) {
+        qlm::save_checkpoint(model, info, dir);
+        std::ifstream in(dir / "config.json");
+        written = nlohmann::json::parse(in);
+    };
+    // Loads the checkpoint with its config.json edited; returns the format_error's message, "" when it loads.
+    auto load_with = [&](auto edit) -> std::string {
+        nlohmann::json config = written;
+        edit(config["quantization_config"], config);
+        std::ofstream(dir / "config.json") << config.dump();
+        try {
+            qlm::load_checkpoint(dir);
+        } catch (const qlm::format_error& e) {
+            return e.what();
+        }
+        return "";
+    };
+    auto has = [](const std::string& message, const std::string& part) { return message.find(part) != std::string::npos; };
+    using J = nlohmann::json;
+
+    save(result.model, result.info);
+    CHECK(load_with([](J&, J&) {}).empty());
+    const std::string bits = load_with([](J& q, J&) { q["bits"] = 5; });
+    CHECK(has(bits, "bits is 5"));
+    CHECK(has(bits, "w4-g64-asym"));
+    // Self-consistent, but not what the layers hold.
+    const std::string scheme = load_with([](J& q, J&) {
+        q["scheme"] = "w3-g64-asym";
+        q["bits"] = 3;
+    });
+    CHECK(has(scheme, "layer 'h.0.attn.c_attn'"));
+    CHECK(has(scheme, "w4-g64-asym"));
+    CHECK(has(scheme, "w3-g64-asym"));
+    CHECK(has(load_with([](J& q, J&) { q["activations"] = "int8-dynamic"; }), "activations"));
+    // Without a quantization_config (or with method fp32) tools would show fp32 for a quantized model.
+    const std::string removed = load_with([](J&, J& config) { config.erase("quantization_config"); });
+    CHECK(has(removed, "layer 'wte' is quantized"));
+    CHECK(has(removed, "no quantization_config"));
+    CHECK(has(load_with([](J& q, J&) { q["method"] = "fp32"; }), "method 'fp32'"));
+
+    // GPTQ stores a layer whose one group spans the row per channel: it agrees with w4-g128.
+    qlm::QuantizeOptions gptq;
+    gptq.method = "gptq";
+    gptq.weights = {4, qlm::GranularityKind::per_group, 128, true};
+    const auto calibration = qlm_test::calibration_from(token_stream(600, small_config().vocab_size), 4, 32);
+    const auto grouped = qlm::quantize_gpt2(pool, weights, gptq, &calibration);
+    REQUIRE(grouped.model.blocks()[0].c_attn.quantized()->spec().granularity == qlm::GranularityKind::per_channel);
+    REQUIRE(grouped.model.blocks()[0].mlp_proj.quantized()->spec() == gptq.weights);
+    save(grouped.model, grouped.info);
+    CHECK(load_with([](J&, J&) {}).empty());
+    const std::string asym = load_with([](J& q, J&) {
+        q["scheme"] = "w4-g128-asym";
+        q["sym"] = false;
+    });
+    CHECK(has(asym, "stored as w4-channel-sym"));
+    CHECK(has(asym, "w4-g128-asym"));
+
+    // A method whose quantized layers are absent.
+    save(qlm::to_any_linear(weights), {});
+    CHECK(load_with([](J&, J&) {}).empty());
+    CHECK(has(load_with([](J& q, J&) { q["method"] = "gptq"; }), "no layer of the blocks is quantized"));
+
+    // save_checkpoint does not write what load_checkpoint would refuse.
+    auto wrong = result.info;
+    wrong.weights.bits = 3;
+    CHECK_THROWS_AS(qlm::save_checkpoint(result.model, wrong, dir), qlm::invalid_argument);
+    CHECK_THROWS_AS(qlm::save_checkpoint(result.model, {}, dir), qlm::invalid_argument);
+    fs::remove_all(dir);
+}
+
 TEST_CASE("perplexity is the same number whatever the thread count") {
     const auto cfg = small_config();
     const auto model = qlm::to_any_linear(qlm::random_gpt2_weights(cfg, 5));

@@ -72,6 +72,15 @@ struct QuantizationInfo {
         } catch (const invalid_argument& e) {
             throw fail(e.what());
         }
+        if (info.activations != "float" && info.activations != "int8-dynamic" && info.activations != "int8-static")
+            throw fail("activations '" + info.activations + "' is not float, int8-dynamic or int8-static");
+        // These repeat the scheme for readers that do not parse it; a copy that disagrees would tell
+        // them something else than the layers hold.
+        const nlohmann::json implied = info.to_json();
+        for (const char* key : {"bits", "granularity", "group_size", "sym"})
+            if (j.contains(key) && j[key] != implied[key])
+                throw fail(std::string(key) + " is " + j[key].dump() + " but scheme '" + to_string(info.weights) + "' means " +
+                           implied[key].dump());
         return info;
     }
 };
@@ -92,6 +101,52 @@ inline const char* checkpoint_kind(ActQuant a) noexcept {
         case ActQuant::int8_static: return "w8a8-static";
     }
     return "?";
+}
+
+// The part of a layer that carries the checkpoint's scheme: a quantized layer, or a mixed layer's
+// low-bit base (its salient part is 8-bit whatever the scheme); null for a float layer.
+inline const AnyQuantLinear* scheme_part(const AnyLinear& layer) noexcept {
+    if (layer.holds<MixedLinear>()) return &layer.get<MixedLinear>().base();
+    return layer.quantized();
+}
+
+// A scheme as it applies to a layer of k inputs: one group that spans the row is per channel (GPTQ
+// stores such a layer so, e.g. a 128-input layer of a w4-g128 model).
+inline QuantSpec scheme_on_rows_of(QuantSpec spec, std::size_t k) noexcept {
+    if (spec.granularity == GranularityKind::per_group && spec.group_size >= k) {
+        spec.granularity = GranularityKind::per_channel;
+        spec.group_size = 0;
+    }
+    return spec;
+}
+
+// How the layers of `model` contradict `declared` (its quantization_config; null when the config has
+// none), or nothing when they agree. A tool shows the config, so it must describe what runs. The
+// tied head is 8-bit per channel whatever the scheme (details.head names it) and is not compared.
+inline std::optional<std::string> config_mismatch(const QuantizationInfo* declared, const GPT2Model<AnyLinear>& model) {
+    const bool float_config = !declared || declared->method == "fp32";
+    std::optional<std::string> problem;
+    std::size_t quantized_blocks = 0;
+    auto check = [&](const std::string& name, const AnyLinear& layer, LinearRole role) {
+        const AnyQuantLinear* q = scheme_part(layer);
+        if (problem || !q) return;
+        if (float_config) {
+            problem = "layer '" + name + "' is quantized (" + to_string(q->spec()) + ") but the config has " +
+                      (declared ? "method 'fp32'" : "no quantization_config");
+        } else if (role == LinearRole::block) {
+            ++quantized_blocks;
+            if (scheme_on_rows_of(q->spec(), q->in_features()) != scheme_on_rows_of(declared->weights, q->in_features()))
+                problem = "layer '" + name + "' is stored as " + to_string(q->spec()) + " but quantization_config's scheme is " +
+                          to_string(declared->weights);
+            else if (to_string(q->activations()) != declared->activations)
+                problem = "layer '" + name + "' takes " + to_string(q->activations()) +
+                          " activations but quantization_config's activations are " + declared->activations;
+        }
+    };
+    for_each_parameter(model, [](const std::string&, const Tensor<float>&) {}, check);
+    if (!problem && !float_config && quantized_blocks == 0)
+        problem = "quantization_config's method is '" + declared->method + "' but no layer of the blocks is quantized";
+    return problem;
 }
 
 // Adds a model's tensors to a SafetensorsWriter under the names of docs/checkpoint-format.md. The
@@ -182,9 +237,12 @@ inline void copy_tokenizer_files(const std::filesystem::path& from, const std::f
 }  // namespace detail
 
 // Writes `model` (any mix of float and quantized layers) to `dir`; copies tokenizer files from
-// `tokenizer_dir` when given.
+// `tokenizer_dir` when given. invalid_argument when `info` does not describe the model's layers
+// (load_checkpoint would refuse the result).
 inline void save_checkpoint(const GPT2Model<AnyLinear>& model, const QuantizationInfo& info, const std::filesystem::path& dir,
                             const std::filesystem::path& tokenizer_dir = {}) {
+    if (const auto problem = detail::config_mismatch(&info, model))
+        throw invalid_argument("qlm::save_checkpoint: the QuantizationInfo does not describe the model: " + *problem);
     std::error_code ec;
     std::filesystem::create_directories(dir, ec);
     if (ec) throw io_error("qlm: cannot create " + dir.string() + ": " + ec.message());
@@ -354,12 +412,17 @@ private:
 
 // Loads a qlm checkpoint, or a plain float Hugging Face GPT-2 (then every layer is DenseLinear and
 // info.method == "fp32"). A quantized checkpoint needs no float weights of its linear layers, nor a
-// float wte when its head is quantized.
+// float wte when its head is quantized. format_error when the quantization_config and the layers
+// disagree (a scheme other than the layers', quantized layers without a config, a method without
+// quantized layers).
 inline LoadedModel load_checkpoint(const std::filesystem::path& dir) {
     const GPT2Config config = GPT2Config::from_file(dir / "config.json");
     const std::optional<QuantizationInfo> declared = detail::read_quantization_config(dir / "config.json");
     const HfCheckpoint ckpt = HfCheckpoint::open(dir);
-    return {detail::CheckpointReader(ckpt, config).model(), declared.value_or(QuantizationInfo{})};
+    GPT2Model<AnyLinear> model = detail::CheckpointReader(ckpt, config).model();
+    if (const auto problem = detail::config_mismatch(declared ? &*declared : nullptr, model))
+        throw format_error("qlm: " + (dir / "config.json").string() + ": " + *problem);
+    return {std::move(model), declared.value_or(QuantizationInfo{})};
 }
 
 // A float model as GPT2Model<AnyLinear> (every layer DenseLinear), the starting point of quantizers.
