@@ -17,7 +17,7 @@ namespace {
 
 const char* kUsage = R"(usage: qlm-quantize --model DIR --method METHOD --out DIR [options]
   --model DIR            float GPT-2 checkpoint (default: the bundled model)
-  --method M             rtn | int8-dynamic | int8-static | gptq | awq      (default rtn)
+  --method M             rtn | int8-dynamic | int8-static | gptq | awq | fp16 | bf16   (default rtn)
   --bits B               2 | 3 | 4 | 8 for rtn / gptq / awq                   (default 4)
   --group-size G         32 | 64 | 128 ..., 0 = per output channel            (default 128)
   --asym | --sym         zero point per group or not; default --sym, but --asym for awq (as AutoAWQ)
@@ -33,7 +33,9 @@ const char* kUsage = R"(usage: qlm-quantize --model DIR --method METHOD --out DI
   --damp P               gptq: dampening fraction of mean(diag H) (default 0.01)
   --no-clip              awq: skip the weight clipping search
   --no-act-scale         awq: leave mlp.c_proj unscaled (no division after GELU)
-  --float-head           keep the tied embedding / output head in fp32 (default: 8-bit per channel)
+  --activations A        rtn / gptq / awq: float (weight-only, default) | int8 (per token at run time: W4A8 ...)
+  --float-head           keep the tied embedding / output head in fp32 (default: 8-bit per channel;
+                         fp16 / bf16: in 16 bits)
   --salient P            rtn: keep the top P fraction of activation-salient input channels at 8 bits
                          (mixed precision, e.g. 0.01; uses calibration data)
   --export-autogptq DIR  also write the result in AutoGPTQ's format (weight-only methods)
@@ -96,6 +98,10 @@ int main(int argc, char** argv) try {
     options.awq_scale_activation = !args.has("no-act-scale");
     options.quantize_head = !args.has("float-head");
     options.salient_fraction = args.number<double>("salient", 0.0);
+    const std::string activations = args.get("activations", "float");
+    if (activations != "float" && activations != "int8")
+        throw qlm::invalid_argument("--activations must be float or int8, found '" + activations + "'");
+    options.int8_activations = activations == "int8";
     auto calibration_files = args.all("calibration");
     qlm::calibration::Options cal_options;
     cal_options.samples = args.number<std::size_t>("samples", 128);
@@ -145,7 +151,9 @@ int main(int argc, char** argv) try {
         std::printf("%-28s %-26s %12s %12s\n", "tensor", "kind", "params", "bytes");
         for (const auto& t : report.tensors) std::printf("%-28s %-26s %12zu %12zu\n", t.name.c_str(), t.kind.c_str(), t.params, t.bytes);
     }
-    std::printf("method %s (%s): quantized in %.2f s\n", result.info.method.c_str(), qlm::to_string(result.info.weights).c_str(),
+    const bool half = result.info.method == "fp16" || result.info.method == "bf16";
+    std::printf("method %s (%s, %s activations): quantized in %.2f s\n", result.info.method.c_str(),
+                half ? result.info.method.c_str() : qlm::to_string(result.info.weights).c_str(), result.info.activations.c_str(),
                 result.seconds);
     std::printf("linear layers: %zu weights, %.2f MB, %.3f bytes/weight (fp32: 4)\n", report.linear_params, report.linear_bytes / 1e6,
                 report.linear_bytes_per_weight());

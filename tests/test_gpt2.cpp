@@ -9,6 +9,7 @@
 #include <qlm/model/checkpoint.hpp>
 #include <qlm/model/interop.hpp>
 #include <qlm/model/load_gpt2.hpp>
+#include <qlm/model/quantized_linear.hpp>
 #include <qlm/model/random_weights.hpp>
 #include <qlm/tokenizer/gpt2_tokenizer.hpp>
 
@@ -567,4 +568,33 @@ TEST_CASE("perplexity of the first 2048 held-out tokens matches the PyTorch refe
 
 TEST_CASE("held-out perplexity matches the PyTorch reference (sliding window, same stride)" * doctest::skip(kSanitized)) {
     check_reference_perplexity(kRoot / "tests/data/reference_perplexity.json");
+}
+
+TEST_CASE("a model constructed with its tied head holds no float wte") {
+    qlm::ThreadPool pool(1);
+    const auto cfg = qlm_test::small_config();
+    const auto weights = qlm::random_gpt2_weights(cfg, 4);
+    const auto as_any = [](const qlm::DenseLinear& d) { return qlm::AnyLinear(d); };
+    const auto reference = qlm::convert_linears<qlm::AnyLinear>(weights, as_any);  // wte embeds and is the head
+    auto build = [&](qlm::Tensor<float> wte, std::optional<qlm::AnyLinear> tied_head, std::optional<qlm::DenseLinear> untied = {}) {
+        return qlm::GPT2Model<qlm::AnyLinear>(cfg, std::move(wte), reference.wpe(), reference.blocks(), reference.ln_f(),
+                                              std::move(untied), std::move(tied_head));
+    };
+    // The same matrix as a tied head layer: embedding rows come from it, and so do the logits.
+    const qlm::AnyLinear head = qlm::DenseLinear(weights.wte, {});
+    const auto tied = build({}, head);
+    CHECK(tied.wte().numel() == 0);
+    CHECK(tied.parameter_bytes() == reference.parameter_bytes());
+    const auto prompt = qlm_test::token_stream(24, cfg.vocab_size);
+    CHECK(qlm_test::last_logits(pool, tied, prompt) == qlm_test::last_logits(pool, reference, prompt));
+
+    CHECK_THROWS_AS(build(weights.wte, head), qlm::shape_error);  // a tied head leaves no room for a float wte
+    CHECK_THROWS_AS(build({}, std::nullopt), qlm::shape_error);    // nor does a model without either
+    CHECK_THROWS_AS(build({}, head, qlm::DenseLinear(weights.wte, {})), qlm::invalid_argument);  // tied and untied
+    CHECK_THROWS_AS(build({}, qlm::AnyLinear(qlm::DenseLinear(qlm::Tensor<float>(qlm::Shape{cfg.vocab_size, cfg.n_embd / 2}), {}))),
+                    qlm::shape_error);
+    // DenseLinear cannot dequantize embedding rows, so a float-only model cannot take a tied head.
+    CHECK_THROWS_AS(qlm::GPT2Model<qlm::DenseLinear>(cfg, {}, weights.wpe, weights.blocks, weights.ln_f, std::nullopt,
+                                                     qlm::DenseLinear(weights.wte, {})),
+                    qlm::invalid_argument);
 }

@@ -148,9 +148,10 @@ TEST_CASE("quantization options and calibration are validated") {
 }
 
 TEST_CASE("the method table: names, calibration, what each method records and reports") {
-    const std::vector<std::string> names{"rtn", "int8-dynamic", "int8-static", "gptq", "awq"};
+    const std::vector<std::string> names{"rtn", "int8-dynamic", "int8-static", "gptq", "awq", "fp16", "bf16"};
     CHECK(qlm::quantize_methods() == names);
-    for (const auto& name : names) CHECK(qlm::method_needs_calibration(name) == (name != "rtn" && name != "int8-dynamic"));
+    for (const auto& name : names)
+        CHECK(qlm::method_needs_calibration(name) == (name == "int8-static" || name == "gptq" || name == "awq"));
     CHECK_FALSE(qlm::method_needs_calibration("magic"));
 
     qlm::QuantizeOptions options;
@@ -171,7 +172,7 @@ TEST_CASE("the method table: names, calibration, what each method records and re
                          "qlm: method 'rtn' with salient channels needs calibration data", qlm::invalid_argument);
     options.method = "magic";
     CHECK_THROWS_WITH_AS(qlm::quantize_gpt2(pool, weights, options),
-                         "qlm: unknown quantization method 'magic' (rtn, int8-dynamic, int8-static, gptq, awq)", qlm::invalid_argument);
+                         "qlm: unknown quantization method 'magic' (rtn, int8-dynamic, int8-static, gptq, awq, fp16, bf16)", qlm::invalid_argument);
 
     for (const auto& name : names) {
         CAPTURE(name);
@@ -264,6 +265,27 @@ TEST_CASE("size report: the tied embedding's storage is named, not assumed fp32"
     CHECK(head8.other_bytes < 4 * c.vocab_size * c.n_embd);  // the embedding at 8 bits, not 32
 }
 
+TEST_CASE("a quantized tied head loads without a float wte") {
+    qlm::ThreadPool pool(1);
+    qlm::QuantizeOptions options;
+    options.weights = {4, qlm::GranularityKind::per_group, 64, true};
+    options.quantize_head = true;
+    auto cfg = small_config();
+    cfg.vocab_size = 320;  // whole 16-row panels: the repacked head then holds exactly the file's bytes
+    const auto result = qlm::quantize_gpt2(pool, qlm::random_gpt2_weights(cfg, 6), options);
+    const fs::path dir = temp_dir("ckpt_tied_head");
+    qlm::save_checkpoint(result.model, result.info, dir);
+    const auto loaded = qlm::load_checkpoint(dir).model;
+    REQUIRE(loaded.tied_head().has_value());
+    CHECK(loaded.wte().numel() == 0);
+    const auto file = qlm::SafetensorsFile::open(dir / "model.safetensors");
+    CHECK_FALSE(file.contains("wte.weight"));
+    std::size_t file_bytes = 0;
+    for (const auto& name : file.names()) file_bytes += file.info(name).bytes.size();
+    CHECK(loaded.parameter_bytes() == file_bytes);
+    fs::remove_all(dir);
+}
+
 TEST_CASE("qlm checkpoints: tensors the model does not use, and non-finite scales, are refused") {
     qlm::ThreadPool pool(1);
     const auto weights = qlm::random_gpt2_weights(small_config(), 2);
@@ -325,6 +347,85 @@ TEST_CASE("qlm checkpoints: tensors the model does not use, and non-finite scale
     }
     CHECK_THROWS_WITH_AS(qlm::load_checkpoint(dir), doctest::Contains("'h.1.mlp.c_proj.scales' holds inf at [0, 5]"),
                          qlm::format_error);
+    fs::remove_all(dir);
+}
+
+TEST_CASE("a quantization_config that contradicts the layers is refused, on load and on save") {
+    qlm::ThreadPool pool(1);
+    const auto weights = qlm::random_gpt2_weights(small_config(), 2);
+    qlm::QuantizeOptions options;
+    options.weights = {4, qlm::GranularityKind::per_group, 64, false};
+    options.quantize_head = true;
+    const auto result = qlm::quantize_gpt2(pool, weights, options);
+    const fs::path dir = temp_dir("ckpt_config");
+    nlohmann::json written;
+    auto save = [&](const qlm::GPT2Model<qlm::AnyLinear>& model, const qlm::QuantizationInfo& info) {
+        qlm::save_checkpoint(model, info, dir);
+        std::ifstream in(dir / "config.json");
+        written = nlohmann::json::parse(in);
+    };
+    // Loads the checkpoint with its config.json edited; returns the format_error's message, "" when it loads.
+    auto load_with = [&](auto edit) -> std::string {
+        nlohmann::json config = written;
+        edit(config["quantization_config"], config);
+        std::ofstream(dir / "config.json") << config.dump();
+        try {
+            qlm::load_checkpoint(dir);
+        } catch (const qlm::format_error& e) {
+            return e.what();
+        }
+        return "";
+    };
+    auto has = [](const std::string& message, const std::string& part) { return message.find(part) != std::string::npos; };
+    using J = nlohmann::json;
+
+    save(result.model, result.info);
+    CHECK(load_with([](J&, J&) {}).empty());
+    const std::string bits = load_with([](J& q, J&) { q["bits"] = 5; });
+    CHECK(has(bits, "bits is 5"));
+    CHECK(has(bits, "w4-g64-asym"));
+    // Self-consistent, but not what the layers hold.
+    const std::string scheme = load_with([](J& q, J&) {
+        q["scheme"] = "w3-g64-asym";
+        q["bits"] = 3;
+    });
+    CHECK(has(scheme, "layer 'h.0.attn.c_attn'"));
+    CHECK(has(scheme, "w4-g64-asym"));
+    CHECK(has(scheme, "w3-g64-asym"));
+    CHECK(has(load_with([](J& q, J&) { q["activations"] = "int8-dynamic"; }), "activations"));
+    // Without a quantization_config (or with method fp32) tools would show fp32 for a quantized model.
+    const std::string removed = load_with([](J&, J& config) { config.erase("quantization_config"); });
+    CHECK(has(removed, "layer 'wte' is quantized"));
+    CHECK(has(removed, "no quantization_config"));
+    CHECK(has(load_with([](J& q, J&) { q["method"] = "fp32"; }), "method 'fp32'"));
+
+    // GPTQ stores a layer whose one group spans the row per channel: it agrees with w4-g128.
+    qlm::QuantizeOptions gptq;
+    gptq.method = "gptq";
+    gptq.weights = {4, qlm::GranularityKind::per_group, 128, true};
+    const auto calibration = qlm_test::calibration_from(token_stream(600, small_config().vocab_size), 4, 32);
+    const auto grouped = qlm::quantize_gpt2(pool, weights, gptq, &calibration);
+    REQUIRE(grouped.model.blocks()[0].c_attn.quantized()->spec().granularity == qlm::GranularityKind::per_channel);
+    REQUIRE(grouped.model.blocks()[0].mlp_proj.quantized()->spec() == gptq.weights);
+    save(grouped.model, grouped.info);
+    CHECK(load_with([](J&, J&) {}).empty());
+    const std::string asym = load_with([](J& q, J&) {
+        q["scheme"] = "w4-g128-asym";
+        q["sym"] = false;
+    });
+    CHECK(has(asym, "stored as w4-channel-sym"));
+    CHECK(has(asym, "w4-g128-asym"));
+
+    // A method whose quantized layers are absent.
+    save(qlm::to_any_linear(weights), {});
+    CHECK(load_with([](J&, J&) {}).empty());
+    CHECK(has(load_with([](J& q, J&) { q["method"] = "gptq"; }), "no layer of the blocks is quantized"));
+
+    // save_checkpoint does not write what load_checkpoint would refuse.
+    auto wrong = result.info;
+    wrong.weights.bits = 3;
+    CHECK_THROWS_AS(qlm::save_checkpoint(result.model, wrong, dir), qlm::invalid_argument);
+    CHECK_THROWS_AS(qlm::save_checkpoint(result.model, {}, dir), qlm::invalid_argument);
     fs::remove_all(dir);
 }
 
@@ -461,4 +562,102 @@ TEST_CASE("AWQ activation scales (mlp.act.scales): same function, saved, loaded 
     const double err_act = relative_error(last_logits(pool, with_act.model, prompt), outlier_reference);
     MESSAGE("AWQ W3 logit error, mlp.c_proj unscaled " << err_plain << ", with activation scales " << err_act);
     CHECK(err_act < err_plain);
+}
+
+TEST_CASE("fp16 and bf16: layers and the tied head in 16 bits, saved and loaded as such, close to fp32") {
+    qlm::ThreadPool pool(2);
+    const auto tokens = token_stream(12, small_config().vocab_size);
+    const auto weights = qlm::random_gpt2_weights(small_config(), 8);
+    const auto reference = last_logits(pool, qlm::to_any_linear(weights), tokens);
+    for (const std::string method : {"fp16", "bf16"}) {
+        INFO(method);
+        qlm::QuantizeOptions options;
+        options.method = method;
+        options.quantize_head = true;
+        const auto result = qlm::quantize_gpt2(pool, weights, options);
+        const bool fp16 = method == "fp16";
+        CHECK((fp16 ? result.model.blocks()[1].c_fc.holds<qlm::HalfLinear<qlm::fp16_t>>()
+                    : result.model.blocks()[1].c_fc.holds<qlm::HalfLinear<qlm::bf16_t>>()));
+        CHECK(result.info.details["head"] == method);
+        const auto logits = last_logits(pool, result.model, tokens);
+        const double err = relative_error(logits, reference);
+        MESSAGE(method << " logits vs fp32: relative error " << err);
+        CHECK(err < (fp16 ? 2e-3 : 2e-2));  // 11 vs 8 significant bits
+        const auto size = qlm::size_report(result.model);
+        CHECK(size.linear_bytes_per_weight() == doctest::Approx(2.0));
+        CHECK(size.embedding_kind == method);
+
+        const fs::path dir = temp_dir("ckpt_" + method);
+        qlm::save_checkpoint(result.model, result.info, dir);
+        const auto file = qlm::SafetensorsFile::open(dir / "model.safetensors");
+        CHECK(file.info("h.0.attn.c_attn.weight").dtype == (fp16 ? qlm::DType::F16 : qlm::DType::BF16));
+        CHECK(file.info("wte.weight").dtype == (fp16 ? qlm::DType::F16 : qlm::DType::BF16));
+        const auto loaded = qlm::load_checkpoint(dir);
+        CHECK(loaded.info.method == method);
+        CHECK(loaded.model.wte().numel() == 0);  // the embedding lives in the 16-bit tied head
+        CHECK(last_logits(pool, loaded.model, tokens) == logits);
+        fs::remove_all(dir);
+    }
+}
+
+TEST_CASE("a Hugging Face checkpoint stored in fp16 loads in 16 bits, exactly as its fp32 conversion computes") {
+    qlm::ThreadPool pool(1);
+    const auto tokens = token_stream(12, small_config().vocab_size);
+    auto weights = qlm::random_gpt2_weights(small_config(), 9);
+    // Round the float weights to fp16 first: then fp32 and fp16 storage hold the same values.
+    auto round = [](qlm::Tensor<float>& t) {
+        for (auto& v : t.span()) v = qlm::fp16_to_float(qlm::float_to_fp16(v));
+    };
+    round(weights.wte);
+    for (auto& b : weights.blocks)
+        for (auto* l : {&b.c_attn, &b.attn_proj, &b.c_fc, &b.mlp_proj}) {
+            qlm::Tensor<float> w = l->weight();
+            round(w);
+            *l = qlm::DenseLinear(std::move(w), l->bias());
+        }
+    const auto fp32 = last_logits(pool, qlm::to_any_linear(weights), tokens);
+    qlm::QuantizeOptions options;
+    options.method = "fp16";
+    options.quantize_head = true;
+    const auto result = qlm::quantize_gpt2(pool, weights, options);
+    const fs::path dir = temp_dir("hf_fp16");
+    qlm::save_checkpoint(result.model, result.info, dir);
+    // Drop the quantization_config and the qlm metadata: a plain Hugging Face fp16 folder.
+    {
+        std::ifstream in(dir / "config.json");
+        auto config = nlohmann::json::parse(in);
+        in.close();
+        config.erase("quantization_config");
+        std::ofstream(dir / "config.json") << config.dump();
+    }
+    const auto loaded = qlm::load_checkpoint(dir);
+    CHECK(loaded.info.method == "fp32");
+    CHECK(loaded.model.blocks()[0].c_attn.holds<qlm::HalfLinear<qlm::fp16_t>>());
+    CHECK(relative_error(last_logits(pool, loaded.model, tokens), fp32) < 1e-5);  // same values, another summation order
+    fs::remove_all(dir);
+}
+
+TEST_CASE("int8 activations on a weight-only method (W4A8): recorded, saved, loaded, and the head follows") {
+    qlm::ThreadPool pool(2);
+    const auto tokens = token_stream(12, small_config().vocab_size);
+    const auto weights = qlm::random_gpt2_weights(small_config(), 10);
+    qlm::QuantizeOptions options;
+    options.weights = {4, qlm::GranularityKind::per_group, 64, true};
+    options.quantize_head = true;
+    options.int8_activations = true;
+    const auto result = qlm::quantize_gpt2(pool, weights, options);
+    CHECK(result.info.activations == "int8-dynamic");
+    CHECK(result.model.blocks()[0].mlp_proj.quantized()->activations() == qlm::ActQuant::int8_dynamic);
+    CHECK(result.model.tied_head()->quantized()->activations() == qlm::ActQuant::int8_dynamic);
+    const fs::path dir = temp_dir("ckpt_w4a8");
+    qlm::save_checkpoint(result.model, result.info, dir);
+    const auto loaded = qlm::load_checkpoint(dir);
+    CHECK(loaded.model.blocks()[0].mlp_proj.quantized()->activations() == qlm::ActQuant::int8_dynamic);
+    CHECK(loaded.model.tied_head()->quantized()->activations() == qlm::ActQuant::int8_dynamic);
+    CHECK(last_logits(pool, loaded.model, tokens) == last_logits(pool, result.model, tokens));
+    fs::remove_all(dir);
+    options.method = "int8-dynamic";  // already int8 activations: the flag is for weight-only methods
+    CHECK_THROWS_AS(qlm::quantize_gpt2(pool, weights, options), qlm::invalid_argument);
+    options.method = "bf16";
+    CHECK_THROWS_AS(qlm::quantize_gpt2(pool, weights, options), qlm::invalid_argument);
 }

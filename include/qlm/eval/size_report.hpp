@@ -2,10 +2,14 @@
 // get_model_size-style accounting: bytes of every parameter tensor as stored, grouped totals and
 // the compression ratio against the same model in fp32.
 #include <qlm/model/gpt2.hpp>
+#include <qlm/model/parameters.hpp>
 #include <qlm/model/quantized_linear.hpp>
 
 #include <cstddef>
 #include <string>
+#include <type_traits>
+#include <utility>
+#include <variant>
 #include <vector>
 
 namespace qlm {
@@ -33,72 +37,53 @@ struct SizeReport {
     }
 };
 
+namespace detail {
+
+// A block linear layer's scheme as the report shows it, and the bytes of its bias.
+template <LinearLayer Linear>
+std::pair<std::string, std::size_t> describe_linear(const Linear& layer) {
+    if constexpr (std::is_same_v<Linear, AnyLinear>) {
+        return std::visit([](const auto& l) { return describe_linear(l); }, layer.variant());
+    } else if constexpr (std::is_same_v<Linear, MixedLinear>) {
+        return {to_string(layer.base().spec()) + " + " + std::to_string(layer.salient_columns().size()) + " salient ch. " +
+                    to_string(layer.salient().spec()),
+                layer.bias().bytes()};
+    } else if constexpr (requires { layer.spec(); layer.activations(); }) {  // AnyQuantLinear, QuantLinear<QT>
+        std::string kind = to_string(layer.spec());
+        if (layer.activations() == ActQuant::int8_dynamic) kind += " a8-dynamic";
+        if (layer.activations() == ActQuant::int8_static) kind += " a8-static";
+        return {kind, layer.bias().bytes()};
+    } else if constexpr (requires { typename Linear::value_type; }) {  // HalfLinear<fp16_t / bf16_t>
+        return {std::is_same_v<typename Linear::value_type, fp16_t> ? "fp16" : "bf16", layer.bias().bytes()};
+    } else {
+        return {"fp32", layer.bias().bytes()};
+    }
+}
+
+}  // namespace detail
+
 template <LinearLayer Linear>
 SizeReport size_report(const GPT2Model<Linear>& model) {
     SizeReport r;
-    auto other = [&](const std::string& name, const Tensor<float>& t) {
-        r.tensors.push_back({name, "fp32", t.numel(), t.bytes()});
-        r.other_params += t.numel();
-        r.other_bytes += t.bytes();
+    auto other = [&](const std::string& name, const std::string& kind, std::size_t params, std::size_t bytes) {
+        r.tensors.push_back({name, kind, params, bytes});
+        r.other_params += params;
+        r.other_bytes += bytes;
     };
-    if (model.tied_head()) {
-        const auto& head = *model.tied_head();
-        std::string kind = "fp32";
-        if constexpr (std::is_same_v<Linear, AnyLinear>)
-            if (const AnyQuantLinear* q = head.quantized()) kind = to_string(q->spec());
-        r.embedding_kind = kind;
-        r.tensors.push_back({"wte (tied head)", kind, head.in_features() * head.out_features(), head.weight_bytes()});
-        r.other_params += head.in_features() * head.out_features();
-        r.other_bytes += head.weight_bytes();
-    } else {
-        other("wte.weight", model.wte());
-    }
-    other("wpe.weight", model.wpe());
-    for (std::size_t i = 0; i < model.blocks().size(); ++i) {
-        const auto& b = model.blocks()[i];
-        const std::string p = "h." + std::to_string(i) + ".";
-        other(p + "ln_1.weight", b.ln_1.weight);
-        other(p + "ln_1.bias", b.ln_1.bias);
-        other(p + "ln_2.weight", b.ln_2.weight);
-        other(p + "ln_2.bias", b.ln_2.bias);
-        if (b.mlp_act_scale.numel()) other(p + "mlp.act.scales", b.mlp_act_scale);
-        for (const LinearSlot slot : kLinearSlots) {
-            const auto& layer = linear_of(b, slot);
-            const std::string name = p + hf_name(slot);
-            const std::size_t weights = layer.in_features() * layer.out_features();
-            std::size_t bias_bytes = 0, weight_bytes = layer.weight_bytes();
-            std::string kind = "fp32";
-            if constexpr (std::is_same_v<Linear, AnyLinear>) {
-                std::visit(
-                    [&](const auto& l) {
-                        bias_bytes = l.bias().bytes();
-                        using L = std::decay_t<decltype(l)>;
-                        if constexpr (std::is_same_v<L, MixedLinear>) {
-                            kind = to_string(l.base().spec()) + " + " + std::to_string(l.salient_columns().size()) +
-                                   " salient ch. " + to_string(l.salient().spec());
-                        } else if constexpr (std::is_same_v<L, AnyQuantLinear>) {
-                            kind = to_string(l.spec());
-                            if (l.activations() == ActQuant::int8_dynamic) kind += " a8-dynamic";
-                            if (l.activations() == ActQuant::int8_static) kind += " a8-static";
-                        }
-                    },
-                    layer.variant());
-            } else {
-                bias_bytes = layer.bias().bytes();
-            }
-            r.tensors.push_back({name + ".weight", kind, weights, weight_bytes - bias_bytes});
-            r.linear_params += weights;
-            r.linear_bytes += weight_bytes - bias_bytes;
-            if (bias_bytes) {
-                r.tensors.push_back({name + ".bias", "fp32", bias_bytes / sizeof(float), bias_bytes});
-                r.other_params += bias_bytes / sizeof(float);
-                r.other_bytes += bias_bytes;
-            }
+    auto on_tensor = [&](const std::string& name, const Tensor<float>& t) { other(name, "fp32", t.numel(), t.bytes()); };
+    auto on_linear = [&](const std::string& name, const Linear& layer, LinearRole role) {
+        const std::size_t weights = layer.in_features() * layer.out_features();
+        if (role == LinearRole::tied_head) {
+            r.embedding_kind = detail::describe_linear(layer).first;
+            return other(name + " (tied head)", r.embedding_kind, weights, layer.weight_bytes());
         }
-    }
-    other("ln_f.weight", model.ln_f().weight);
-    other("ln_f.bias", model.ln_f().bias);
-    if (model.untied_head()) other("lm_head.weight", model.untied_head()->weight());
+        const auto [kind, bias_bytes] = detail::describe_linear(layer);
+        r.tensors.push_back({name + ".weight", kind, weights, layer.weight_bytes() - bias_bytes});
+        r.linear_params += weights;
+        r.linear_bytes += layer.weight_bytes() - bias_bytes;
+        if (bias_bytes) other(name + ".bias", "fp32", bias_bytes / sizeof(float), bias_bytes);
+    };
+    for_each_parameter(model, on_tensor, on_linear);
     return r;
 }
 

@@ -124,10 +124,13 @@ class GPT2Model {
 public:
     using linear_type = Linear;
 
+    // With a tied_head (see tied_head()) wte must be empty: the head holds the embedding, so a
+    // loader never needs a float copy of it.
     GPT2Model(GPT2Config config, Tensor<float> wte, Tensor<float> wpe, std::vector<GPT2Block<Linear>> blocks,
-              LayerNormWeights ln_f, std::optional<DenseLinear> untied_head = std::nullopt)
+              LayerNormWeights ln_f, std::optional<DenseLinear> untied_head = std::nullopt,
+              std::optional<Linear> tied_head = std::nullopt)
         : config_(std::move(config)), wte_(std::move(wte)), wpe_(std::move(wpe)), blocks_(std::move(blocks)),
-          ln_f_(std::move(ln_f)), untied_head_(std::move(untied_head)) {
+          ln_f_(std::move(ln_f)), untied_head_(std::move(untied_head)), tied_head_(std::move(tied_head)) {
         check_shapes();
     }
 
@@ -144,9 +147,7 @@ public:
     const std::optional<Linear>& tied_head() const noexcept { return tied_head_; }
     std::optional<Linear>& mutable_tied_head() noexcept { return tied_head_; }
     void set_tied_head(Linear head) {
-        if (untied_head_) throw invalid_argument("qlm: the model has an untied lm_head; its wte cannot become the head");
-        if (head.in_features() != config_.n_embd || head.out_features() != config_.vocab_size)
-            throw shape_error("qlm: tied head must map n_embd -> vocab_size");
+        check_tied_head(head);
         tied_head_ = std::move(head);
         wte_ = Tensor<float>();
     }
@@ -244,7 +245,14 @@ private:
             if (!(t.shape() == shape))
                 throw shape_error("qlm: GPT-2 tensor " + name + " has shape " + t.shape().str() + ", expected " + shape.str());
         };
-        expect(wte_, Shape{config_.vocab_size, C}, "wte");
+        if (tied_head_) {
+            check_tied_head(*tied_head_);
+            if (wte_.numel())
+                throw shape_error("qlm: GPT-2 with a tied head takes an empty wte (the head holds the embedding), found " +
+                                  wte_.shape().str());
+        } else {
+            expect(wte_, Shape{config_.vocab_size, C}, "wte");
+        }
         if (wpe_.dim(0) < config_.n_positions || wpe_.shape().rank() != 2 || wpe_.dim(1) != C)
             throw shape_error("qlm: GPT-2 tensor wpe has shape " + wpe_.shape().str() + ", expected [" +
                               std::to_string(config_.n_positions) + ", " + std::to_string(C) + "]");
@@ -280,6 +288,16 @@ private:
         }
         if (untied_head_ && (untied_head_->in_features() != C || untied_head_->out_features() != config_.vocab_size))
             throw shape_error("qlm: GPT-2 lm_head does not map n_embd -> vocab_size");
+    }
+
+    void check_tied_head(const Linear& head) const {
+        if constexpr (!requires(const Linear& l, std::span<float> o) { l.dequantize_row(std::size_t{}, o); })
+            throw invalid_argument("qlm: a tied head must dequantize embedding rows; this linear layer type cannot");
+        if (untied_head_) throw invalid_argument("qlm: the model has an untied lm_head; its wte cannot become the head");
+        if (head.in_features() != config_.n_embd || head.out_features() != config_.vocab_size)
+            throw shape_error("qlm: GPT-2 tied head maps " + std::to_string(head.in_features()) + " -> " +
+                              std::to_string(head.out_features()) + ", expected n_embd -> vocab_size (" +
+                              std::to_string(config_.n_embd) + " -> " + std::to_string(config_.vocab_size) + ")");
     }
 
     // x[row] = wte[token] + wpe[position]

@@ -17,6 +17,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -126,6 +127,35 @@ public:
             throw format_error("qlm: " + file.path() + ": tensor '" + stored + "' holds " + std::to_string(t.data()[at]) +
                                " at " + detail::index_str(t.shape(), at) + "; every weight must be a finite number");
         return t;
+    }
+
+    // The stored dtype of `name` (without marking it read).
+    DType dtype_of(const std::string& name) const {
+        const std::string stored = resolve(name);
+        if (stored.empty()) throw format_error("qlm: checkpoint " + dir_.string() + " has no tensor '" + name + "'");
+        return files_[where_.at(stored)]->info(stored).dtype;
+    }
+
+    // A 16-bit float tensor (F16 or BF16, as `dtype`) as its raw bit patterns, checked against the
+    // expected shape and to hold no NaN or infinity.
+    std::vector<std::uint16_t> load_half(const std::string& name, DType dtype, Shape expected) const {
+        const SafetensorsFile& file = file_of(name);
+        const std::string stored = resolve(name);
+        const TensorInfo& info = file.info(stored);
+        if (info.dtype != dtype)
+            throw format_error("qlm: " + file.path() + ": tensor '" + stored + "' is " + std::string(dtype_name(info.dtype)) +
+                               ", expected " + std::string(dtype_name(dtype)));
+        if (!(Shape(info.dims.begin(), info.dims.end()) == expected))
+            throw shape_error("qlm: " + file.path() + ": tensor '" + stored + "' has shape " +
+                              Shape(info.dims.begin(), info.dims.end()).str() + ", expected " + expected.str());
+        std::vector<std::uint16_t> bits(info.numel());
+        std::memcpy(bits.data(), info.bytes.data(), bits.size() * sizeof(std::uint16_t));
+        const std::uint16_t exponent = dtype == DType::F16 ? 0x7C00 : 0x7F80;  // all ones: infinity or NaN
+        for (std::size_t i = 0; i < bits.size(); ++i)
+            if ((bits[i] & exponent) == exponent)
+                throw format_error("qlm: " + file.path() + ": tensor '" + stored + "' holds a non-finite value at " +
+                                   detail::index_str(expected, i) + "; every weight must be a finite number");
+        return bits;
     }
 
     std::vector<std::string> names() const {

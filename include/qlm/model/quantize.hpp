@@ -36,7 +36,7 @@ struct QuantizeProgress {
 };
 
 struct QuantizeOptions {
-    std::string method = "rtn";  // rtn | int8-dynamic | int8-static | gptq | awq
+    std::string method = "rtn";  // rtn | int8-dynamic | int8-static | gptq | awq | fp16 | bf16
     QuantSpec weights{4, GranularityKind::per_group, 128, true};  // rtn / gptq / awq
     RtnOptions rtn{};
     std::string observer = "minmax";          // int8-static: minmax | moving-average | percentile | mse
@@ -48,7 +48,8 @@ struct QuantizeOptions {
     bool awq_clip = true;
     bool awq_scale_activation = true;  // scale mlp.c_proj too, dividing GELU's output (ScaledActivation)
     std::size_t awq_grid = 20;
-    bool quantize_head = false;     // tied embedding / output head at 8 bits per channel (weight-only)
+    bool quantize_head = false;     // tied embedding / output head at 8 bits per channel (fp16 / bf16 methods: in 16 bits)
+    bool int8_activations = false;  // rtn / gptq / awq: int8 activations per token at run time (W4A8, W3A8 ...)
     double salient_fraction = 0.0;  // rtn: keep this fraction of the most activation-salient input
                                     // channels at 8 bits (mixed precision; needs calibration)
     std::size_t batch_samples = 8;  // calibration samples per forward pass
@@ -256,6 +257,14 @@ inline void quantize_rtn_model(QuantizeContext& ctx) {
     ctx.info.details = {{"mse_clip", ctx.options.rtn.mse_clip}};
     for_each_block(ctx, [&](GPT2Block<AnyLinear>& block, std::size_t) {
         replace_linears(block, [&](LinearSlot, const DenseLinear& d) { return ctx.rtn(d.weight().view(), d.bias()); });
+    });
+}
+
+// fp16 / bf16: every linear layer's weights rounded to 16 bits (nearest even), fp32 arithmetic.
+template <class Half>
+void convert_half_model(QuantizeContext& ctx) {
+    for_each_block(ctx, [&](GPT2Block<AnyLinear>& block, std::size_t) {
+        replace_linears(block, [&](LinearSlot, const DenseLinear& d) { return HalfLinear<Half>(d); });
     });
 }
 
@@ -494,13 +503,17 @@ struct QuantizeMethod {
     void (*run_salient)(QuantizeContext&);  // with salient_fraction > 0 (needs calibration); null: unsupported
 };
 
-inline constexpr std::array<QuantizeMethod, 5> kQuantizeMethods{{
+inline constexpr std::array<QuantizeMethod, 7> kQuantizeMethods{{
     {"rtn", false, false, "float", quantize_rtn_model, quantize_salient_rtn_model},
     {"int8-dynamic", false, true, "int8-dynamic", quantize_int8_dynamic_model, nullptr},
     {"int8-static", true, true, "int8-static", quantize_int8_static_model, nullptr},
     {"gptq", true, false, "float", quantize_gptq_model, nullptr},
     {"awq", true, false, "float", quantize_awq_model, nullptr},
+    {"fp16", false, false, "float", convert_half_model<fp16_t>, nullptr},
+    {"bf16", false, false, "float", convert_half_model<bf16_t>, nullptr},
 }};
+
+inline bool is_half_method(const std::string& name) noexcept { return name == "fp16" || name == "bf16"; }
 
 inline const QuantizeMethod* find_method(const std::string& name) noexcept {
     for (const auto& m : kQuantizeMethods)
@@ -553,12 +566,23 @@ inline const QuantizeMethod& checked_method(const QuantizeOptions& options, cons
     return *m;
 }
 
+// The tied head: 8-bit per channel (with int8 activations when the blocks take them: the head is a
+// third of a small model's bytes per token), or 16-bit for the fp16 / bf16 methods.
 inline void finish_head(ThreadPool& pool, GPT2Model<AnyLinear>& model, const QuantizeOptions& options, QuantizationInfo& info) {
     if (!options.quantize_head || model.untied_head()) {
         info.details["head"] = "fp32";
         return;
     }
-    model.set_tied_head(AnyQuantLinear(quantize_rtn(model.wte().view(), int8_weight_spec(), pool, options.rtn), Tensor<float>()));
+    const auto& wte = model.wte();
+    if (options.method == "fp16" || options.method == "bf16") {
+        const DenseLinear as_linear(wte, Tensor<float>());
+        if (options.method == "fp16") model.set_tied_head(HalfLinear<fp16_t>(as_linear));
+        else model.set_tied_head(HalfLinear<bf16_t>(as_linear));
+        info.details["head"] = options.method;
+        return;
+    }
+    const ActQuant head_activations = info.activations == "float" ? ActQuant::none : ActQuant::int8_dynamic;
+    model.set_tied_head(AnyQuantLinear(quantize_rtn(wte.view(), int8_weight_spec(), pool, options.rtn), Tensor<float>(), {}, head_activations));
     info.details["head"] = to_string(int8_weight_spec());
 }
 
@@ -576,6 +600,10 @@ inline QuantizeResult quantize_gpt2(ThreadPool& pool, GPT2FloatWeights weights, 
                                    const calibration::CalibrationSet* calibration = nullptr) {
     const auto start = std::chrono::steady_clock::now();
     const detail::QuantizeMethod& method = detail::checked_method(options, calibration);
+    if (options.int8_activations &&
+        (std::string_view(method.activations) != "float" || detail::is_half_method(options.method) || options.salient_fraction > 0.0))
+        throw invalid_argument("qlm: int8 activations apply to the weight-only methods (rtn, gptq, awq), not to '" + options.method +
+                               "'" + (options.salient_fraction > 0.0 ? " with salient channels" : ""));
     const QuantSpec spec = method.int8 ? detail::int8_weight_spec() : options.weights;
     spec.validate();
 
@@ -591,6 +619,10 @@ inline QuantizeResult quantize_gpt2(ThreadPool& pool, GPT2FloatWeights weights, 
     }
     detail::QuantizeContext ctx{pool, model, options, spec, info, runner ? &*runner : nullptr, start};
     (detail::salient_run(method, options) ? method.run_salient : method.run)(ctx);
+    if (options.int8_activations) {
+        set_weight_only_activations(model, ActQuant::int8_dynamic);
+        info.activations = to_string(ActQuant::int8_dynamic);
+    }
     detail::finish_head(pool, model, options, info);
     return {std::move(model), info, ctx.seconds()};
 }
