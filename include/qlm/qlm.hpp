@@ -10,6 +10,7 @@
 #include <qlm/eval/speed.hpp>
 #include <qlm/io/safetensors.hpp>
 #include <qlm/kv/contiguous_cache.hpp>
+#include <qlm/kv/paged_cache.hpp>
 #include <qlm/model/gpt2.hpp>
 #include <qlm/model/interop.hpp>
 #include <qlm/model/quantize.hpp>
