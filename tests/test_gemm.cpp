@@ -539,3 +539,58 @@ TEST_CASE("linear_half (fp16 and bf16 weights): every path matches fp32 arithmet
     CHECK(w.row_major() == std::vector<std::uint16_t>{qlm::float_to_bf16(1.0f), qlm::float_to_bf16(-2.0f), qlm::float_to_bf16(3.5f)});
     CHECK_THROWS_AS((qlm::cpu::HalfPanelMatrix<qlm::fp16_t>(std::vector<std::uint16_t>(5), 2, 3)), qlm::shape_error);
 }
+
+TEST_CASE("batch invariance: a row's result is bitwise the same alone (GEMV) and inside any batch (GEMM tiles)") {
+    // What lets a request's greedy output stay the same whatever shares its batch.
+    std::mt19937 rng(41);
+    ThreadPool pool(2);
+    const std::size_t n = 70, k = 1100 / 4 * 4;  // k over the fp32 GEMM's 512-column blocks
+    for (std::size_t m : {2, 3, 4, 5, 9, 64}) {
+        const auto x = random_floats(rng, m * k);
+        const auto bias = random_floats(rng, n);
+        auto same_rows = [&](auto&& run, const std::string& what) {
+            std::vector<float> batch(m * n), alone(n);
+            run(x.data(), m, batch.data());
+            bool same = true;
+            for (std::size_t i = 0; i < m; ++i) {
+                run(x.data() + i * k, 1, alone.data());
+                same = same && std::memcmp(alone.data(), batch.data() + i * n, n * sizeof(float)) == 0;
+            }
+            INFO(what << " m=" << m);
+            CHECK(same);
+        };
+        const auto wf = random_floats(rng, n * k);
+        const auto wh = qlm::cpu::HalfPanelMatrix<qlm::bf16_t>::from_float(wf, n, k);
+        const auto q4 = make_quant(rng, 4, n, 1024, 128, false);
+        const qlm::cpu::PanelMatrix<4> p4(q4.ref());
+        const auto q8 = make_quant(rng, 8, n, k, k, true);
+        const qlm::cpu::PanelMatrix<8> p8(q8.ref());
+        for (Isa isa : fast_isas()) {
+            const std::string name = qlm::cpu::isa_name(isa);
+            same_rows([&](const float* xs, std::size_t rows, float* y) { qlm::cpu::gemm_f32(pool, xs, rows, k, wf.data(), n, bias.data(), y, isa); },
+                      "fp32 " + name);
+            same_rows([&](const float* xs, std::size_t rows, float* y) { qlm::cpu::linear_half(pool, xs, rows, wh, bias.data(), y, isa); },
+                      "bf16 " + name);
+            same_rows([&](const float* xs, std::size_t rows, float* y) { qlm::cpu::linear_a8(pool, xs, rows, p8, bias.data(), y, 0.0f, isa); },
+                      "w8a8 " + name);
+            // 4-bit rows of 1024 columns: the first 1024 of each x row, with x's stride
+            std::vector<float> x4(m * 1024);
+            for (std::size_t i = 0; i < m; ++i) std::copy_n(x.data() + i * k, 1024, x4.data() + i * 1024);
+            for (bool int8 : {false, true}) {
+                std::vector<float> batch(m * n), alone(n);
+                auto run = [&](const float* xs, std::size_t rows, float* y) {
+                    if (int8) qlm::cpu::linear_a8(pool, xs, rows, p4, bias.data(), y, 0.0f, isa);
+                    else qlm::cpu::linear_wo(pool, xs, rows, p4, bias.data(), y, isa);
+                };
+                run(x4.data(), m, batch.data());
+                bool same = true;
+                for (std::size_t i = 0; i < m; ++i) {
+                    run(x4.data() + i * 1024, 1, alone.data());
+                    same = same && std::memcmp(alone.data(), batch.data() + i * n, n * sizeof(float)) == 0;
+                }
+                INFO("w4 " << (int8 ? "a8 " : "float act ") << name << " m=" << m);
+                CHECK(same);
+            }
+        }
+    }
+}

@@ -11,6 +11,7 @@
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define QLM_CPU_X86 1
+#include <cpuid.h>
 #include <immintrin.h>
 #define QLM_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define QLM_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
@@ -51,7 +52,9 @@ inline const CpuFeatures& cpu_features() noexcept {
         CpuFeatures f;
 #if QLM_CPU_X86
         __builtin_cpu_init();
-        f.avx2_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+        unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;  // F16C by CPUID: clang 14's __builtin_cpu_supports lacks it
+        const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
+        f.avx2_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
         f.avx512 = f.avx2_fma && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                    __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 #endif

@@ -102,19 +102,26 @@ void gemm_blocked(ThreadPool& pool, TileFn tile, const float* x, std::size_t m, 
     else pool.parallel_for(items, 1, body);
 }
 
-// GEMV driver: rows of w in groups of NR (tail rows duplicated), whole k in one pass.
+// GEMV driver: rows of w in groups of NR (tail rows duplicated). k is walked in the GEMM's kc
+// blocks, each block's sums added to y in the same order as gemm_blocked does and the bias last,
+// so a row's result is bitwise the same whether it is decoded alone or inside a batch.
 template <std::size_t NR>
 void gemv_rows(ThreadPool& pool, TileFn tile, const float* x, std::size_t k, const float* w, std::size_t n,
-               const float* bias, float* y) {
+               const float* bias, float* y, std::size_t kc) {
     auto body = [&](std::size_t j0, std::size_t j1) {
-        const float* xr[1] = {x};
         for (std::size_t j = j0; j < j1; j += NR) {
-            const float* wr[NR];
-            for (std::size_t c = 0; c < NR; ++c) wr[c] = w + std::min(j + c, j1 - 1) * k;
-            alignas(64) float out[NR];
-            tile(xr, wr, k, out);
             const std::size_t cols = std::min(NR, j1 - j);
-            for (std::size_t c = 0; c < cols; ++c) y[j + c] = out[c] + (bias ? bias[j + c] : 0.0f);
+            for (std::size_t k0 = 0; k0 < k; k0 += kc) {
+                const std::size_t len = std::min(kc, k - k0);
+                const float* xr[1] = {x + k0};
+                const float* wr[NR];
+                for (std::size_t c = 0; c < NR; ++c) wr[c] = w + std::min(j + c, j1 - 1) * k + k0;
+                alignas(64) float out[NR];
+                tile(xr, wr, len, out);
+                for (std::size_t c = 0; c < cols; ++c) y[j + c] = k0 == 0 ? out[c] : y[j + c] + out[c];
+            }
+            if (bias)
+                for (std::size_t c = 0; c < cols; ++c) y[j + c] += bias[j + c];
         }
     };
     if (n * k < kParallelMinMacs) body(0, n);  // too small to be worth waking the workers
@@ -225,18 +232,19 @@ inline void gemm_f32(ThreadPool& pool, const float* x, std::size_t m, std::size_
     detail::check_gemm_args(x, m, k, w, n, y);
     if (m == 0 || n == 0) return;
     isa = resolve_isa(isa);
+    constexpr std::size_t kKc = 512;  // k block of the GEMM and of the GEMV alike (batch-invariant sums)
     auto fp32_block = [&](std::size_t j0, std::size_t, std::size_t k0, std::size_t, std::vector<float>&) {
         return detail::WBlock{w + j0 * k + k0, k};
     };
     switch (isa) {
 #if QLM_CPU_X86
         case Isa::avx2:
-            if (m == 1) detail::gemv_rows<8>(pool, &detail::tile_f32_avx2<1, 8>, x, k, w, n, bias, y);
-            else detail::gemm_blocked<3, 4>(pool, &detail::tile_f32_avx2<3, 4>, x, m, k, n, bias, y, 512, 64, fp32_block);
+            if (m == 1) detail::gemv_rows<8>(pool, &detail::tile_f32_avx2<1, 8>, x, k, w, n, bias, y, kKc);
+            else detail::gemm_blocked<3, 4>(pool, &detail::tile_f32_avx2<3, 4>, x, m, k, n, bias, y, kKc, 64, fp32_block);
             return;
         case Isa::avx512:
-            if (m == 1) detail::gemv_rows<8>(pool, &detail::tile_f32_avx512<1, 8>, x, k, w, n, bias, y);
-            else detail::gemm_blocked<4, 4>(pool, &detail::tile_f32_avx512<4, 4>, x, m, k, n, bias, y, 512, 64, fp32_block);
+            if (m == 1) detail::gemv_rows<8>(pool, &detail::tile_f32_avx512<1, 8>, x, k, w, n, bias, y, kKc);
+            else detail::gemm_blocked<4, 4>(pool, &detail::tile_f32_avx512<4, 4>, x, m, k, n, bias, y, kKc, 64, fp32_block);
             return;
 #endif
         default:
