@@ -12,11 +12,13 @@
 #include <qlm/model/random_weights.hpp>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -30,11 +32,12 @@ const char* kUsage = R"(usage: qlm-bench [options]
   --prompt-tokens N    prefill length (default 128)
   --decode-tokens N    decode steps (default 128)
   --repetitions N      runs per variant; the median is reported (default 3)
-  --variants LIST      comma-separated: fp32,w8a8,w4g128,w3g128,w4a8g128,w3a8g128 (default: all;
-                       wNg128: weight-only, float activations; wNa8g128: int8 activations per token)
+  --variants LIST      comma-separated, default fp32,bf16,w8a8,w4g128,w4a8g128,w3a8g128: fp32, fp16, bf16,
+                       w8a8 (int8 per channel, int8 activations), wNgG (N-bit RTN, groups of G, float
+                       activations), wNa8gG (the same with int8 activations per token)
   --profile            print where decode time goes (per operation) and the bandwidth reached
-  --batch N            also measure batched decode: N sequences (prompt 32 tokens each) adding one
-                       token each per forward pass, aggregate tokens/s
+  --batch N            also measure batched decode: N sequences (each prefilled with the prompt) adding
+                       one token each per forward pass for --decode-tokens steps, aggregate tokens/s
   --write-random-model DIR
                        write the random weights of --shape (the model benchmarked without --model)
                        to DIR as a Hugging Face GPT-2 folder (config.json, model.safetensors in
@@ -114,6 +117,26 @@ void write_hf_gpt2(const qlm::GPT2FloatWeights& w, const std::filesystem::path& 
         throw qlm::format_error("the model written to " + dir.string() + " does not load back to the same weights");
 }
 
+// "w4g128" (weight-only, float activations) or "w4a8g128" (int8 activations): RTN, symmetric.
+struct WeightVariant {
+    int bits;
+    std::size_t group_size;
+    bool int8_activations;
+};
+std::optional<WeightVariant> weight_variant(const std::string& v) {
+    WeightVariant w{};
+    std::size_t at = 0;
+    if (v.size() < 4 || v[0] != 'w' || !std::isdigit(static_cast<unsigned char>(v[1]))) return std::nullopt;
+    w.bits = v[1] - '0';
+    at = 2;
+    if (v.compare(at, 2, "a8") == 0) w.int8_activations = true, at += 2;
+    if (at >= v.size() || v[at] != 'g') return std::nullopt;
+    const std::string digits = v.substr(at + 1);
+    if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos || digits.size() > 6) return std::nullopt;
+    w.group_size = std::stoul(digits);
+    return w;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) try {
@@ -156,7 +179,7 @@ int main(int argc, char** argv) try {
     }
     if (prompt_tokens + decode_tokens > weights.config.n_positions)
         throw qlm::invalid_argument("prompt + decode tokens exceed the context of " + std::to_string(weights.config.n_positions));
-    const std::string variants = args.get("variants", "fp32,w8a8,w4g128,w3g128,w4a8g128,w3a8g128");
+    const std::string variants = args.get("variants", "fp32,bf16,w8a8,w4g128,w4a8g128,w3a8g128");
     const bool profile = args.has("profile");
     const std::size_t batch = args.number<std::size_t>("batch", 0);
     args.reject_unknown();
@@ -177,14 +200,17 @@ int main(int argc, char** argv) try {
         o.quantize_head = true;  // as llama.cpp's quantized files do
         if (v == "w8a8") {
             o.method = "int8-dynamic";
-        } else if (v == "w4g128" || v == "w3g128" || v == "w4a8g128" || v == "w3a8g128") {
+        } else if (v == "fp16" || v == "bf16") {
+            o.method = v;
+        } else if (const auto spec = weight_variant(v)) {
             o.method = "rtn";
-            o.weights = qlm::QuantSpec{v[1] - '0', qlm::GranularityKind::per_group, 128, true};
+            o.weights = qlm::QuantSpec{spec->bits, qlm::GranularityKind::per_group, spec->group_size, true};
+            o.int8_activations = spec->int8_activations;
         } else if (v != "fp32") {
-            throw qlm::invalid_argument("unknown variant '" + v + "' (fp32, w8a8, w4g128, w3g128, w4a8g128, w3a8g128)");
+            throw qlm::invalid_argument("unknown variant '" + v + "' (fp32, fp16, bf16, w8a8, w<bits>g<group> such as w4g128, "
+                                        "w<bits>a8g<group> such as w4a8g128)");
         }
         auto model = v == "fp32" ? qlm::to_any_linear(weights) : qlm::quantize_gpt2(pool, weights, o).model;
-        if (v.find("a8g") != std::string::npos) qlm::set_weight_only_activations(model, qlm::ActQuant::int8_dynamic);
         qlm::ForwardProfile decode_profile;
         const auto speed = qlm::measure_speed(pool, model, prompt_tokens, decode_tokens, reps, profile ? &decode_profile : nullptr);
         if (v == "fp32" || base.decode_tokens_per_second == 0.0) base = speed;
@@ -194,7 +220,7 @@ int main(int argc, char** argv) try {
                     speed.prefill_tokens_per_second / base.prefill_tokens_per_second,
                     speed.decode_tokens_per_second / base.decode_tokens_per_second);
         if (batch) {
-            const double rate = qlm::measure_batched_decode(pool, model, batch, 32, std::min<std::size_t>(decode_tokens, 64), reps);
+            const double rate = qlm::measure_batched_decode(pool, model, batch, prompt_tokens, decode_tokens, reps);
             std::printf("  batched decode, %zu sequences: %.1f tokens/s aggregate\n", batch, rate);
         }
         if (profile) {

@@ -114,8 +114,10 @@ for q in Q8_0 Q4_0; do
         die "llama-quantize $q failed: see $work/quantize-$q.log"
 done
 
-# llama.cpp file type and the qlm-bench variant holding the same weights ("" = none).
-configs=("F32 fp32" "F16 " "Q8_0 w8a8" "Q4_0 w4g128")
+# llama.cpp file type and the qlm-bench variant set beside it: the same weights, and (w4a8g128)
+# activations quantized to int8 as llama.cpp's Q8_0 x Q4_0 dot products do; w4g128 keeps float
+# activations (weight-only, the GPTQ/AWQ authors' semantics) and costs more compute.
+configs=("F32 fp32" "F16 fp16" "F16 bf16" "Q8_0 w8a8" "Q4_0 w4a8g128" "Q4_0 w4g128")
 rows=()
 for config in "${configs[@]}"; do
     read -r gguf variant <<<"$config"
@@ -153,6 +155,13 @@ for line in open(sys.argv[1]):
         r = json.loads(line)
         print("%.1f %.1f" % (r["speed_pp"], r["speed_tg"]))' "$work/batched.jsonl")
 batched_load=$run_load
+wait_idle
+say "qlm-bench --batch 64, w8a8 and w4a8g128, $batched_threads threads (load $run_load)"
+"$qlm_bench" --model "$model" --variants w8a8,w4a8g128 --threads "$batched_threads" --prompt-tokens 128 --decode-tokens 128 \
+    --repetitions 1 --batch 64 | tee "$work/qlm-batched.txt" >&2
+qlm_batched=$(awk '/^w8a8 / { v = "w8a8" } /^w4a8g128 / { v = "w4a8g128" } /batched decode/ { printf "%s %s tokens/s; ", v, $(NF-2) }' \
+    "$work/qlm-batched.txt")
+qlm_batched_load=$run_load
 
 echo
 echo "Tokens/s; ratio = qlm / llama.cpp; load = 1-minute load average when the llama.cpp / qlm run started."
@@ -170,6 +179,6 @@ read -r batched_pp batched_tg <<<"$batched"
 echo
 echo "Batched, 64 sequences x (128 prompt + 128 generated), Q8_0, $batched_threads threads (load $batched_load):"
 echo "llama-batched-bench prompt $batched_pp tokens/s, decode $batched_tg tokens/s aggregate;"
-echo "qlm: no figure (qlm-bench has no batched mode)."
+echo "qlm-bench --batch 64 (load $qlm_batched_load): decode ${qlm_batched:-no figure}aggregate."
 [[ ${KEEP_WORK:-0} == 1 || -n ${WORK_DIR:-} ]] && echo "raw logs and models: $work"
 exit 0
