@@ -9,6 +9,7 @@
 // block or thread it lands in (tails reuse the full kernel on duplicated rows), so the result does
 // not depend on the number of threads. M == 1 uses a GEMV kernel (1 x 8 rows, whole k).
 #include <qlm/backend/cpu/cpu_features.hpp>
+#include <qlm/backend/cpu/detail/isa_kernels.hpp>
 #include <qlm/core/detail/intrinsics_diagnostics.hpp>
 #include <qlm/core/error.hpp>
 #include <qlm/core/thread_pool.hpp>
@@ -128,95 +129,6 @@ void gemv_rows(ThreadPool& pool, TileFn tile, const float* x, std::size_t k, con
     else pool.parallel_for(n, 4 * NR, body);
 }
 
-#if QLM_CPU_X86
-
-// ---- AVX2 + FMA ------------------------------------------------------------------------------
-
-QLM_TARGET_AVX2 inline __m256i avx2_tail_mask(std::size_t r) {
-    alignas(32) static const std::int32_t table[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
-    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(table + 8 - r));
-}
-
-// [Σa0, Σa1, Σa2, Σa3] with one fixed tree for every lane.
-QLM_TARGET_AVX2 inline __m128 avx2_reduce4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
-    const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-    return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
-}
-
-template <std::size_t MR, std::size_t NR>
-QLM_TARGET_AVX2 void tile_f32_avx2(const float* const* xr, const float* const* wr, std::size_t len, float* out) {
-    static_assert(NR % 4 == 0);
-    __m256 acc[MR][NR];
-    for (std::size_t r = 0; r < MR; ++r)
-        for (std::size_t c = 0; c < NR; ++c) acc[r][c] = _mm256_setzero_ps();
-    std::size_t p = 0;
-    for (; p + 8 <= len; p += 8) {
-        __m256 xv[MR];
-        for (std::size_t r = 0; r < MR; ++r) xv[r] = _mm256_loadu_ps(xr[r] + p);
-        for (std::size_t c = 0; c < NR; ++c) {
-            const __m256 wv = _mm256_loadu_ps(wr[c] + p);
-            for (std::size_t r = 0; r < MR; ++r) acc[r][c] = _mm256_fmadd_ps(xv[r], wv, acc[r][c]);
-        }
-    }
-    if (p < len) {
-        const __m256i mask = avx2_tail_mask(len - p);
-        __m256 xv[MR];
-        for (std::size_t r = 0; r < MR; ++r) xv[r] = _mm256_maskload_ps(xr[r] + p, mask);
-        for (std::size_t c = 0; c < NR; ++c) {
-            const __m256 wv = _mm256_maskload_ps(wr[c] + p, mask);
-            for (std::size_t r = 0; r < MR; ++r) acc[r][c] = _mm256_fmadd_ps(xv[r], wv, acc[r][c]);
-        }
-    }
-    for (std::size_t r = 0; r < MR; ++r)
-        for (std::size_t c = 0; c < NR; c += 4)
-            _mm_storeu_ps(out + r * NR + c, avx2_reduce4(acc[r][c], acc[r][c + 1], acc[r][c + 2], acc[r][c + 3]));
-}
-
-// ---- AVX-512 ---------------------------------------------------------------------------------
-// GCC 12's false positive on its own AVX-512 intrinsics: core/detail/intrinsics_diagnostics.hpp.
-QLM_INTRINSICS_BEGIN
-
-QLM_TARGET_AVX512 inline __m256 avx512_fold(__m512 a) {
-    return _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
-}
-
-QLM_TARGET_AVX512 inline __m128 avx512_reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
-    const __m256 b0 = avx512_fold(a0), b1 = avx512_fold(a1), b2 = avx512_fold(a2), b3 = avx512_fold(a3);
-    const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(b0, b1), _mm256_hadd_ps(b2, b3));
-    return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
-}
-
-template <std::size_t MR, std::size_t NR>
-QLM_TARGET_AVX512 void tile_f32_avx512(const float* const* xr, const float* const* wr, std::size_t len, float* out) {
-    static_assert(NR % 4 == 0);
-    __m512 acc[MR][NR];
-    for (std::size_t r = 0; r < MR; ++r)
-        for (std::size_t c = 0; c < NR; ++c) acc[r][c] = _mm512_setzero_ps();
-    std::size_t p = 0;
-    for (; p + 16 <= len; p += 16) {
-        __m512 xv[MR];
-        for (std::size_t r = 0; r < MR; ++r) xv[r] = _mm512_loadu_ps(xr[r] + p);
-        for (std::size_t c = 0; c < NR; ++c) {
-            const __m512 wv = _mm512_loadu_ps(wr[c] + p);
-            for (std::size_t r = 0; r < MR; ++r) acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
-        }
-    }
-    if (p < len) {
-        const __mmask16 mask = static_cast<__mmask16>((1u << (len - p)) - 1u);
-        __m512 xv[MR];
-        for (std::size_t r = 0; r < MR; ++r) xv[r] = _mm512_maskz_loadu_ps(mask, xr[r] + p);
-        for (std::size_t c = 0; c < NR; ++c) {
-            const __m512 wv = _mm512_maskz_loadu_ps(mask, wr[c] + p);
-            for (std::size_t r = 0; r < MR; ++r) acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
-        }
-    }
-    for (std::size_t r = 0; r < MR; ++r)
-        for (std::size_t c = 0; c < NR; c += 4)
-            _mm_storeu_ps(out + r * NR + c, avx512_reduce4(acc[r][c], acc[r][c + 1], acc[r][c + 2], acc[r][c + 3]));
-}
-QLM_INTRINSICS_END
-
-#endif  // QLM_CPU_X86
 
 inline void check_gemm_args(const void* x, std::size_t m, std::size_t k, const void* w, std::size_t n, const float* y) {
     if (m == 0 || n == 0) return;
@@ -239,12 +151,12 @@ inline void gemm_f32(ThreadPool& pool, const float* x, std::size_t m, std::size_
     switch (isa) {
 #if QLM_CPU_X86
         case Isa::avx2:
-            if (m == 1) detail::gemv_rows<8>(pool, &detail::tile_f32_avx2<1, 8>, x, k, w, n, bias, y, kKc);
-            else detail::gemm_blocked<3, 4>(pool, &detail::tile_f32_avx2<3, 4>, x, m, k, n, bias, y, kKc, 64, fp32_block);
+            if (m == 1) detail::gemv_rows<8>(pool, &detail::avx2::tile_f32<1, 8>, x, k, w, n, bias, y, kKc);
+            else detail::gemm_blocked<3, 4>(pool, &detail::avx2::tile_f32<3, 4>, x, m, k, n, bias, y, kKc, 64, fp32_block);
             return;
         case Isa::avx512:
-            if (m == 1) detail::gemv_rows<8>(pool, &detail::tile_f32_avx512<1, 8>, x, k, w, n, bias, y, kKc);
-            else detail::gemm_blocked<4, 4>(pool, &detail::tile_f32_avx512<4, 4>, x, m, k, n, bias, y, kKc, 64, fp32_block);
+            if (m == 1) detail::gemv_rows<8>(pool, &detail::avx512::tile_f32<1, 8>, x, k, w, n, bias, y, kKc);
+            else detail::gemm_blocked<4, 4>(pool, &detail::avx512::tile_f32<4, 4>, x, m, k, n, bias, y, kKc, 64, fp32_block);
             return;
 #endif
         default:

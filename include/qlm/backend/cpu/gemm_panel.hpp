@@ -12,7 +12,7 @@
 // Every output element is computed by the same operations whichever tile, work item or thread
 // produces it, so results do not depend on the thread count. Docs: docs/kernels.md.
 #include <qlm/backend/cpu/cpu_features.hpp>
-#include <qlm/backend/cpu/detail/simd_ops.hpp>
+#include <qlm/backend/cpu/detail/isa_kernels.hpp>
 #include <qlm/backend/cpu/panel_matrix.hpp>
 #include <qlm/backend/cpu/quant_reference.hpp>
 #include <qlm/core/detail/intrinsics_diagnostics.hpp>
@@ -20,35 +20,19 @@
 #include <qlm/core/thread_pool.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace qlm::cpu {
 
 namespace detail {
 
-#if QLM_CPU_X86
-QLM_INTRINSICS_BEGIN
-namespace avx512 {
-#define QLM_PANEL_TARGET QLM_TARGET_AVX512
-#define QLM_PANEL_OPS ::qlm::cpu::detail::Avx512Ops
-#include <qlm/backend/cpu/detail/panel_kernels.inl>
-#undef QLM_PANEL_TARGET
-#undef QLM_PANEL_OPS
-}  // namespace avx512
-namespace avx2 {
-#define QLM_PANEL_TARGET QLM_TARGET_AVX2
-#define QLM_PANEL_OPS ::qlm::cpu::detail::Avx2Ops
-#include <qlm/backend/cpu/detail/panel_kernels.inl>
-#undef QLM_PANEL_TARGET
-#undef QLM_PANEL_OPS
-}  // namespace avx2
-QLM_INTRINSICS_END
-#endif
 
 // Plain C++ tiles for CPUs without AVX2 (and Isa::scalar): the same arithmetic as the vector
 // tiles, one output at a time.
@@ -119,8 +103,6 @@ inline void group_sums_rows(const float* x, std::size_t k, std::size_t r0, std::
 
 template <class Matrix, class X>
 using PanelTile = void (*)(const Matrix&, std::size_t, const X* const*, const float* const*, float*);
-template <int Bits, class X>
-using PanelTileFn = PanelTile<PanelMatrix<Bits>, X>;
 
 // Work items are (NP panels) x (block of x rows); a thread walks its items' x rows MR at a time
 // against the same panels, which stay in L2. Short row tails reuse the full tile on duplicated
@@ -167,6 +149,94 @@ void run_panels(ThreadPool& pool, const Matrix& w, PanelTile<Matrix, X> tile, co
     if (m * n * k < kParallelMinMacs) body(0, items);
     else pool.parallel_for(items, 1, body);
 }
+
+// Tile shapes (MR x rows against NP panels) per ISA, sorted by MR: m rows take the first shape with
+// MR >= m, else the last. AVX-512 has 32 vector registers, AVX2 16. A row's arithmetic is the same
+// in every shape (batch invariance).
+struct TileShape {
+    std::size_t mr, np;
+};
+inline constexpr std::array<TileShape, 3> kQuantAvx512Shapes{{{1, 4}, {3, 2}, {4, 2}}};
+inline constexpr std::array<TileShape, 2> kQuantAvx2Shapes{{{1, 1}, {2, 1}}};
+inline constexpr std::array<TileShape, 1> kPortableShapes{{{1, 1}}};
+
+template <auto Shapes, class Run>
+void with_tile_shape(std::size_t m, Run&& run) {
+    [&]<std::size_t... S>(std::index_sequence<S...>) {
+        bool done = false;
+        ((done = done || ((Shapes[S].mr >= m || S + 1 == Shapes.size()) &&
+                          (run.template operator()<Shapes[S].mr, Shapes[S].np>(), true))),
+         ...);
+    }(std::make_index_sequence<Shapes.size()>{});
+}
+
+// Family::tile<Isa, MR, NP>() names the tile function; Family::avx512_shapes / avx2_shapes its shapes.
+template <class Family, class Matrix, class X>
+void dispatch_tiles(ThreadPool& pool, Isa isa, const Matrix& w, const X* x, const float* aux, std::size_t m,
+                    const float* row_scales, const float* bias, float* y) {
+    auto run_on = [&]<Isa I>() {
+        return [&]<std::size_t MR, std::size_t NP>() {
+            run_panels<Matrix, X, MR, NP>(pool, w, Family::template tile<I, MR, NP>(), x, aux, m, row_scales, bias, y);
+        };
+    };
+    switch (isa) {
+#if QLM_CPU_X86
+        case Isa::avx512: return with_tile_shape<Family::avx512_shapes>(m, run_on.template operator()<Isa::avx512>());
+        case Isa::avx2: return with_tile_shape<Family::avx2_shapes>(m, run_on.template operator()<Isa::avx2>());
+#endif
+        default: return with_tile_shape<kPortableShapes>(m, run_on.template operator()<Isa::scalar>());
+    }
+}
+
+template <int Bits>
+struct A8Tiles {
+    // Wider codes decode to fewer operands per load: room for four panels at two rows.
+    static constexpr auto avx512_shapes = [] {
+        if constexpr (Bits >= 4) return std::array<TileShape, 4>{{{1, 4}, {2, 4}, {3, 2}, {4, 2}}};
+        else return kQuantAvx512Shapes;
+    }();
+    static constexpr auto avx2_shapes = kQuantAvx2Shapes;
+    template <Isa I, std::size_t MR, std::size_t NP>
+    static constexpr PanelTile<PanelMatrix<Bits>, std::int8_t> tile() {
+#if QLM_CPU_X86
+        if constexpr (I == Isa::avx512) return &avx512::tile_a8<Bits, MR, NP>;
+        else if constexpr (I == Isa::avx2) return &avx2::tile_a8<Bits, MR, NP>;
+        else
+#endif
+            return &portable::tile<Bits, MR, NP, std::int8_t>;
+    }
+};
+
+template <int Bits>
+struct WeightOnlyTiles {
+    static constexpr auto avx512_shapes = kQuantAvx512Shapes;
+    static constexpr auto avx2_shapes = kQuantAvx2Shapes;
+    template <Isa I, std::size_t MR, std::size_t NP>
+    static constexpr PanelTile<PanelMatrix<Bits>, float> tile() {
+#if QLM_CPU_X86
+        if constexpr (I == Isa::avx512) return &avx512::tile_wo<Bits, MR, NP>;
+        else if constexpr (I == Isa::avx2) return &avx2::tile_wo<Bits, MR, NP>;
+        else
+#endif
+            return &portable::tile<Bits, MR, NP, float>;
+    }
+};
+
+template <class Half>
+struct HalfTiles {
+    // No decoding: more rows per panel load pay off.
+    static constexpr std::array<TileShape, 3> avx512_shapes{{{1, 4}, {3, 2}, {6, 2}}};
+    static constexpr std::array<TileShape, 2> avx2_shapes{{{1, 2}, {3, 1}}};
+    template <Isa I, std::size_t MR, std::size_t NP>
+    static constexpr PanelTile<HalfPanelMatrix<Half>, float> tile() {
+#if QLM_CPU_X86
+        if constexpr (I == Isa::avx512) return &avx512::tile_half<Half, MR, NP>;
+        else if constexpr (I == Isa::avx2) return &avx2::tile_half<Half, MR, NP>;
+        else
+#endif
+            return &portable::tile_half<Half, MR, NP>;
+    }
+};
 
 template <class Matrix>
 void check_panel_args(const Matrix& w, const void* x, std::size_t m, const float* y, const char* who) {
@@ -245,24 +315,7 @@ void gemm_a8(ThreadPool& pool, const std::int8_t* xq, const float* x_scales, con
     detail::check_panel_args(w, xq, m, y, "gemm_a8");
     if (m == 0) return;
     if (!x_scales || !x_sums) throw invalid_argument("qlm::cpu::gemm_a8: null activation scales or sums");
-    isa = resolve_isa(isa);
-    auto run = [&]<std::size_t MR, std::size_t NP>(detail::PanelTileFn<Bits, std::int8_t> tile) {
-        detail::run_panels<PanelMatrix<Bits>, std::int8_t, MR, NP>(pool, w, tile, xq, x_sums, m, x_scales, bias, y);
-    };
-    constexpr bool wide = Bits >= 4;  // fewer decoded operands per load: room for more panels
-    switch (isa) {
-#if QLM_CPU_X86
-        case Isa::avx512:
-            if (m == 1) return run.template operator()<1, 4>(&detail::avx512::tile_a8<Bits, 1, 4>);
-            if (m == 2 && wide) return run.template operator()<2, 4>(&detail::avx512::tile_a8<Bits, 2, 4>);
-            if (m <= 3) return run.template operator()<3, 2>(&detail::avx512::tile_a8<Bits, 3, 2>);
-            return run.template operator()<4, 2>(&detail::avx512::tile_a8<Bits, 4, 2>);
-        case Isa::avx2:
-            if (m == 1) return run.template operator()<1, 1>(&detail::avx2::tile_a8<Bits, 1, 1>);
-            return run.template operator()<2, 1>(&detail::avx2::tile_a8<Bits, 2, 1>);
-#endif
-        default: return run.template operator()<1, 1>(&detail::portable::tile<Bits, 1, 1, std::int8_t>);
-    }
+    detail::dispatch_tiles<detail::A8Tiles<Bits>>(pool, resolve_isa(isa), w, xq, x_sums, m, x_scales, bias, y);
 }
 
 // y[m, n] = x · dequant(w)ᵀ + bias with float activations; x rows of w.padded_cols() (zero in the
@@ -273,22 +326,7 @@ void gemm_wo(ThreadPool& pool, const float* x, const float* x_sums, std::size_t 
     detail::check_panel_args(w, x, m, y, "gemm_wo");
     if (m == 0) return;
     if (!x_sums) throw invalid_argument("qlm::cpu::gemm_wo: null activation group sums");
-    isa = resolve_isa(isa);
-    auto run = [&]<std::size_t MR, std::size_t NP>(detail::PanelTileFn<Bits, float> tile) {
-        detail::run_panels<PanelMatrix<Bits>, float, MR, NP>(pool, w, tile, x, x_sums, m, nullptr, bias, y);
-    };
-    switch (isa) {
-#if QLM_CPU_X86
-        case Isa::avx512:
-            if (m == 1) return run.template operator()<1, 4>(&detail::avx512::tile_wo<Bits, 1, 4>);
-            if (m <= 3) return run.template operator()<3, 2>(&detail::avx512::tile_wo<Bits, 3, 2>);
-            return run.template operator()<4, 2>(&detail::avx512::tile_wo<Bits, 4, 2>);
-        case Isa::avx2:
-            if (m == 1) return run.template operator()<1, 1>(&detail::avx2::tile_wo<Bits, 1, 1>);
-            return run.template operator()<2, 1>(&detail::avx2::tile_wo<Bits, 2, 1>);
-#endif
-        default: return run.template operator()<1, 1>(&detail::portable::tile<Bits, 1, 1, float>);
-    }
+    detail::dispatch_tiles<detail::WeightOnlyTiles<Bits>>(pool, resolve_isa(isa), w, x, x_sums, m, nullptr, bias, y);
 }
 
 // Float x [m, k] in, int8 activations inside: quantizes per token (static_scale > 0: that scale
@@ -327,23 +365,7 @@ void linear_half(ThreadPool& pool, const float* x, std::size_t m, const HalfPane
                  Isa isa = Isa::automatic) {
     detail::check_panel_args(w, x, m, y, "linear_half");
     if (m == 0) return;
-    isa = resolve_isa(isa);
-    using M = HalfPanelMatrix<Half>;
-    auto run = [&]<std::size_t MR, std::size_t NP>(detail::PanelTile<M, float> tile) {
-        detail::run_panels<M, float, MR, NP>(pool, w, tile, x, nullptr, m, nullptr, bias, y);
-    };
-    switch (isa) {
-#if QLM_CPU_X86
-        case Isa::avx512:
-            if (m == 1) return run.template operator()<1, 4>(&detail::avx512::tile_half<Half, 1, 4>);
-            if (m <= 3) return run.template operator()<3, 2>(&detail::avx512::tile_half<Half, 3, 2>);
-            return run.template operator()<6, 2>(&detail::avx512::tile_half<Half, 6, 2>);
-        case Isa::avx2:
-            if (m == 1) return run.template operator()<1, 2>(&detail::avx2::tile_half<Half, 1, 2>);
-            return run.template operator()<3, 1>(&detail::avx2::tile_half<Half, 3, 1>);
-#endif
-        default: return run.template operator()<1, 1>(&detail::portable::tile_half<Half, 1, 1>);
-    }
+    detail::dispatch_tiles<detail::HalfTiles<Half>>(pool, resolve_isa(isa), w, x, static_cast<const float*>(nullptr), m, nullptr, bias, y);
 }
 
 }  // namespace qlm::cpu

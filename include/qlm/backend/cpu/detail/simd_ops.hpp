@@ -1,5 +1,5 @@
 #pragma once
-// The few vector operations the panel kernels (detail/panel_kernels.inl) are written in, once per
+// The few vector operations the panel kernels (detail/isa_kernels.inl) are written in, once per
 // instruction set. Each is a static member carrying its ISA's target attribute, so a kernel
 // template with the same attribute inlines them (GCC refuses to inline target-specific intrinsics
 // into a function without the matching attribute, which is why the kernels are stamped out once
@@ -56,6 +56,10 @@ struct Avx512Ops {
     QLM_TARGET_AVX512 static vi set1_i(int v) { return _mm512_set1_epi32(v); }
     QLM_TARGET_AVX512 static vi sub_i(vi a, vi b) { return _mm512_sub_epi32(a, b); }
     QLM_TARGET_AVX512 static vf loadu(const float* p) { return _mm512_loadu_ps(p); }
+    // The first n < lanes floats at p, zeros after (reads nothing beyond p + n).
+    QLM_TARGET_AVX512 static vf load_first(const float* p, std::size_t n) {
+        return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), p);
+    }
     QLM_TARGET_AVX512 static vf load_fp16(const std::uint16_t* p) {
         return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     }
@@ -147,6 +151,10 @@ struct Avx2Ops {
     QLM_TARGET_AVX2 static vi set1_i(int v) { return _mm256_set1_epi32(v); }
     QLM_TARGET_AVX2 static vi sub_i(vi a, vi b) { return _mm256_sub_epi32(a, b); }
     QLM_TARGET_AVX2 static vf loadu(const float* p) { return _mm256_loadu_ps(p); }
+    QLM_TARGET_AVX2 static vf load_first(const float* p, std::size_t n) {
+        alignas(32) static const std::int32_t table[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+        return _mm256_maskload_ps(p, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(table + 8 - n)));
+    }
     QLM_TARGET_AVX2 static vf load_fp16(const std::uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
     QLM_TARGET_AVX2 static vf load_bf16(const std::uint16_t* p) {
         return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));

@@ -1,9 +1,9 @@
-// The panel kernels, written once and stamped out per instruction set: gemm_panel.hpp includes
-// this file inside `namespace qlm::cpu::detail::<isa>` with QLM_PANEL_TARGET set to that ISA's
-// target attribute and QLM_PANEL_OPS to its operations struct (detail/simd_ops.hpp). No include
-// guard, on purpose.
+// The CPU kernels, written once and stamped out per instruction set: detail/isa_kernels.hpp
+// includes this file inside `namespace qlm::cpu::detail::<isa>` with QLM_PANEL_TARGET set to that
+// ISA's target attribute and QLM_PANEL_OPS to its operations struct (detail/simd_ops.hpp). No
+// include guard, on purpose.
 //
-// Tiles compute MR x rows against NP panels (16·NP weight rows) over the whole of k, group by
+// Panel tiles compute MR x rows against NP panels (16·NP weight rows) over the whole of k, group by
 // group: an integer (or float) accumulator per lane for the group, then
 //   facc += s · acc − s·(z − offset) · A        (A: Σ activations over the group, per x row)
 // so scales and zero points cost one vector operation per group, not per weight.
@@ -228,4 +228,62 @@ QLM_PANEL_TARGET void tile_half(const HalfPanelMatrix<Half>& w, std::size_t p0, 
     }
     for (std::size_t r = 0; r < MR; ++r)
         for (std::size_t c = 0; c < NP * V; ++c) Ops::storeu(out + r * NP * kPanelRows + c * L, acc[r][c]);
+}
+
+// fp32 "dot-product" tile: out[r * NR + c] = Σ_{p < len} xr[r][p] · wr[c][p], MR·NR vector
+// accumulators along p, then one fixed reduction tree per output (so an output's arithmetic does
+// not depend on the tile shape: the GEMV and GEMM give a row the same bits).
+template <std::size_t MR, std::size_t NR>
+QLM_PANEL_TARGET void tile_f32(const float* const* xr, const float* const* wr, std::size_t len, float* out) {
+    static_assert(NR % 4 == 0);
+    vf acc[MR][NR];
+    for (std::size_t r = 0; r < MR; ++r)
+        for (std::size_t c = 0; c < NR; ++c) acc[r][c] = Ops::zero_f();
+    auto step = [&](auto&& load) QLM_PANEL_TARGET {
+        vf xv[MR];
+        for (std::size_t r = 0; r < MR; ++r) xv[r] = load(xr[r]);
+        for (std::size_t c = 0; c < NR; ++c) {
+            const vf wv = load(wr[c]);
+            for (std::size_t r = 0; r < MR; ++r) acc[r][c] = Ops::fma(xv[r], wv, acc[r][c]);
+        }
+    };
+    std::size_t p = 0;
+    for (; p + L <= len; p += L) step([&](const float* row) QLM_PANEL_TARGET { return Ops::loadu(row + p); });
+    if (p < len) step([&](const float* row) QLM_PANEL_TARGET { return Ops::load_first(row + p, len - p); });
+    for (std::size_t r = 0; r < MR; ++r)
+        for (std::size_t c = 0; c < NR; c += 4) Ops::reduce4(acc[r][c], acc[r][c + 1], acc[r][c + 2], acc[r][c + 3], out + r * NR + c);
+}
+
+// Attention of one query head over n positions (attention.hpp); head_dim a multiple of the lanes
+// and at most 16 vectors.
+QLM_PANEL_TARGET inline void attend(const float* q, const float* const* keys, const float* const* values, std::size_t n,
+                                    std::size_t offset, std::size_t head_dim, float scale, float* scores, float* out) {
+    const std::size_t nv = head_dim / L;
+    vf qv[16];
+    for (std::size_t j = 0; j < nv; ++j) qv[j] = Ops::loadu(q + j * L);
+    std::size_t p = 0;
+    for (; p + 4 <= n; p += 4) {  // four positions at a time: independent chains, one reduction tree
+        const float* k[4] = {keys[p] + offset, keys[p + 1] + offset, keys[p + 2] + offset, keys[p + 3] + offset};
+        vf a[4];
+        for (std::size_t i = 0; i < 4; ++i) a[i] = Ops::mul(Ops::loadu(k[i]), qv[0]);
+        for (std::size_t j = 1; j < nv; ++j)
+            for (std::size_t i = 0; i < 4; ++i) a[i] = Ops::fma(Ops::loadu(k[i] + j * L), qv[j], a[i]);
+        Ops::reduce4(a[0], a[1], a[2], a[3], scores + p);
+        for (std::size_t i = 0; i < 4; ++i) scores[p + i] *= scale;
+    }
+    for (; p < n; ++p) {
+        const float* k = keys[p] + offset;
+        vf a = Ops::mul(Ops::loadu(k), qv[0]);
+        for (std::size_t j = 1; j < nv; ++j) a = Ops::fma(Ops::loadu(k + j * L), qv[j], a);
+        scores[p] = Ops::reduce_add(a) * scale;
+    }
+    softmax_row(scores, n);
+    vf acc[16];
+    for (std::size_t j = 0; j < nv; ++j) acc[j] = Ops::zero_f();
+    for (p = 0; p < n; ++p) {
+        const float* v = values[p] + offset;
+        const vf w = Ops::set1(scores[p]);
+        for (std::size_t j = 0; j < nv; ++j) acc[j] = Ops::fma(w, Ops::loadu(v + j * L), acc[j]);
+    }
+    for (std::size_t j = 0; j < nv; ++j) Ops::storeu(out + j * L, acc[j]);
 }
