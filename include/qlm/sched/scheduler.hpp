@@ -369,26 +369,31 @@ public:
     void check_invariants() const {
         auto fail = [](const std::string& what) { throw error("qlm: scheduler invariant broken: " + what); };
         std::size_t running = 0, waiting = 0, attached = 0, slots = 0;
+        std::unordered_map<const Record*, std::pair<std::size_t, std::size_t>> places;  // entries in running_, waiting_
+        for (const Record* r : running_) ++places[r].first;
+        for (const Record* r : waiting_) ++places[r].second;
         for (const auto& [id, p] : records_) {
             const Record& r = *p;
-            const std::string name = "request " + std::to_string(id);
-            if (r.id != id) fail(name + " is filed under another id");
-            const bool in_running = std::count(running_.begin(), running_.end(), &r) == 1;
-            const bool in_waiting = std::count(waiting_.begin(), waiting_.end(), &r) == 1;
+            const RequestId rid = id;
+            const auto name = [rid] { return "request " + std::to_string(rid); };
+            if (r.id != id) fail(name() + " is filed under another id");
+            const auto place = places.find(&r);
+            const bool in_running = place != places.end() && place->second.first == 1;
+            const bool in_waiting = place != places.end() && place->second.second == 1;
             if (r.leader) {
                 const auto l = records_.find(*r.leader);
                 if (l == records_.end() || std::count(l->second->followers.begin(), l->second->followers.end(), id) != 1)
-                    fail(name + " waits for a leader that does not list it");
-                if (in_running || in_waiting || r.kv) fail(name + " is attached to a leader and also queued or holding blocks");
+                    fail(name() + " waits for a leader that does not list it");
+                if (in_running || in_waiting || r.kv) fail(name() + " is attached to a leader and also queued or holding blocks");
                 ++attached;
                 continue;
             }
-            if (in_running == in_waiting) fail(name + " is " + (in_running ? "both running and waiting" : "neither running nor waiting"));
-            if (in_running != r.kv_running || in_running != r.kv.has_value()) fail(name + " has KV state that does not match its queue");
-            if (r.in_batch && !in_step_) fail(name + " is marked in a batch outside a step");
+            if (in_running == in_waiting) fail(name() + " is " + (in_running ? "both running and waiting" : "neither running nor waiting"));
+            if (in_running != r.kv_running || in_running != r.kv.has_value()) fail(name() + " has KV state that does not match its queue");
+            if (r.in_batch && !in_step_) fail(name() + " is marked in a batch outside a step");
             if (r.kv && r.kv->length() > r.tokens.size())
-                fail(name + " holds " + std::to_string(r.kv->length()) + " positions for " + std::to_string(r.tokens.size()) + " tokens");
-            if (r.tokens.size() < r.prompt_len) fail(name + " lost prompt tokens");
+                fail(name() + " holds " + std::to_string(r.kv->length()) + " positions for " + std::to_string(r.tokens.size()) + " tokens");
+            if (r.tokens.size() < r.prompt_len) fail(name() + " lost prompt tokens");
             running += in_running;
             waiting += in_waiting;
             if (in_running) slots += 1 + r.followers.size();
