@@ -155,7 +155,15 @@ int main(int argc, char** argv) try {
     const std::size_t max_running = args.number<std::size_t>("max-running", 16);
     const std::size_t budget = args.number<std::size_t>("token-budget", 512);
     const std::size_t kv_mb = args.number<std::size_t>("kv-mb", 0);
-    const std::string modes = args.get("modes", "one-at-a-time,static,continuous,continuous+prefix");
+    const std::string mode_list = args.get("modes", "one-at-a-time,static,continuous,continuous+prefix");
+    std::vector<std::string> modes;
+    for (std::size_t begin = 0; begin <= mode_list.size();) {
+        const std::size_t comma = std::min(mode_list.find(',', begin), mode_list.size());
+        modes.push_back(mode_list.substr(begin, comma - begin));
+        if (modes.back() != "one-at-a-time" && modes.back() != "static" && modes.back() != "continuous" && modes.back() != "continuous+prefix")
+            throw qlm::invalid_argument("unknown mode '" + modes.back() + "' (one-at-a-time, static, continuous, continuous+prefix)");
+        begin = comma + 1;
+    }
     const std::size_t threads = args.threads();
     const auto seed = args.number<std::uint64_t>("seed", 1);
     args.reject_unknown();
@@ -194,11 +202,7 @@ int main(int argc, char** argv) try {
                 "ITL p50", "ITL p95", "KV peak", "preempt", "prefix", "steps");
     std::printf("%-18s %8s %9s %7s %9s %9s %8s %8s %8s %8s %9s %6s\n", "", "", "", "", "ms", "ms", "ms", "ms", "%", "", "skipped", "");
     double base = 0.0;
-    std::size_t at = 0;
-    while (at < modes.size()) {
-        const std::size_t comma = std::min(modes.find(',', at), modes.size());
-        const std::string mode = modes.substr(at, comma - at);
-        at = comma + 1;
+    for (const std::string& mode : modes) {
         qlm::EngineConfig c = config;
         c.scheduler.prefix_caching = mode == "continuous+prefix";
         Row row;
@@ -207,10 +211,8 @@ int main(int argc, char** argv) try {
             row = run<qlm::Scheduler<qlm::ContinuousBatching>>(mode, model, pool, w, c);
         } else if (mode == "static") {
             row = run<qlm::Scheduler<qlm::StaticBatching>>(mode, model, pool, w, c);
-        } else if (mode == "continuous" || mode == "continuous+prefix") {
-            row = run<qlm::Scheduler<qlm::ContinuousBatching>>(mode, model, pool, w, c);
         } else {
-            throw qlm::invalid_argument("unknown mode '" + mode + "' (one-at-a-time, static, continuous, continuous+prefix)");
+            row = run<qlm::Scheduler<qlm::ContinuousBatching>>(mode, model, pool, w, c);
         }
         if (base == 0.0) base = row.tokens_per_second;
         std::printf("%-18s %8.2f %9.1f %7.2f %9.1f %9.1f %8.2f %8.2f %8.1f %8llu %9llu %6llu\n", row.mode.c_str(), row.seconds,
