@@ -193,10 +193,12 @@ int main(int argc, char** argv) try {
     std::printf("qlm-bench-serve: %s, %zu layers, n_embd %zu, method %s; %s, %s (%zu threads; shared machine)\n",
                 model_dir.empty() ? ("random weights, shape " + shape).c_str() : model_dir.c_str(), cfg.n_layer, cfg.n_embd,
                 method.c_str(), cpu_name().c_str(), qlm::cpu::isa_name(qlm::cpu::best_isa()), pool.size());
+    char arrivals[64] = "all at once";
+    if (rate > 0) std::snprintf(arrivals, sizeof arrivals, "Poisson arrivals, %g requests/s", rate);
     std::printf("workload: %zu requests, system prompt %zu + 1..%zu tokens (%zu prompt tokens), 1..%zu new tokens (%zu), %s; "
                 "max %zu running, %zu tokens a step, KV %.1f MiB (%zu blocks of 16)\n",
                 requests, system, max_prompt, prompt_tokens, max_output, output_tokens,
-                rate > 0 ? ("Poisson " + std::to_string(rate) + " req/s").c_str() : "all at once", max_running, budget,
+                arrivals, max_running, budget,
                 static_cast<double>(config.kv_cache_bytes) / (1 << 20), config.kv_cache_bytes / block_bytes);
     std::printf("%-18s %8s %9s %7s %9s %9s %8s %8s %8s %8s %9s %6s\n", "mode", "time s", "tok/s", "x base", "TTFT p50", "TTFT p95",
                 "ITL p50", "ITL p95", "KV peak", "preempt", "prefix", "steps");
