@@ -14,6 +14,7 @@
 #include <qlm/sched/finish_reason.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -69,6 +70,7 @@ inline std::string number_text(double v) {
     if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
     std::string s = std::to_string(v);
     while (s.size() > 1 && s.back() == '0' && s[s.size() - 2] != '.') s.pop_back();
+    if (s.ends_with(".0")) s.resize(s.size() - 2);
     return s;
 }
 
@@ -268,14 +270,8 @@ private:
             for (auto& c : cand_) z += (c.p = std::exp((c.logit - m) * inv_t));
         } else {
             z = exponentiate(l, m, inv_t);
-            if (!top_p && min_p == 0.0f) return draw_from(std::span<const float>(probs_));
-            // Tokens whose p is at most (1 - top_p) z / vocab cannot be in the nucleus: were one in it, every
-            // token after it in rank order would weigh no more, and the nucleus's last token with them all would
-            // weigh at most (1 - top_p) z, not the more than (1 - top_p) z that the smallest nucleus leaves.
-            const float floor_p =
-                top_p ? static_cast<float>(0.5 * (1.0 - static_cast<double>(params_.top_p)) * z / static_cast<double>(vocab)) : 0.0f;
-            for (std::size_t i = 0; i < vocab; ++i)
-                if (probs_[i] > floor_p && probs_[i] >= min_p) cand_.push_back({l[i], static_cast<std::int32_t>(i), probs_[i]});
+            if (!top_p && min_p == 0.0f) return draw_from(std::span<const float>(probs_), z);
+            gather(l, std::max(top_p ? nucleus_floor(static_cast<double>(params_.top_p) * z) : 0.0f, min_p));
         }
         if (top_k && min_p > 0.0f)
             std::erase_if(cand_, [&](const Candidate& c) { return c.p < min_p; });
@@ -335,6 +331,76 @@ private:
         return z;
     }
 
+    // A floor for the nucleus: the largest f found such that the tokens with p >= f hold at least
+    // `target`. The nucleus is the smallest best-first prefix reaching `target`, and {p >= f} is such a
+    // prefix, so every nucleus token has p >= f. Two vectorised passes, each summing the mass above 8
+    // thresholds at once: powers of 1/16 first, then steps of sqrt(2) inside the interval found; so
+    // the quickselect sees the nucleus and at most the tokens up to 1.41x below its last one. The
+    // sums are in float: a threshold counts only if it clears the target by 0.1%.
+    float nucleus_floor(double target) const {
+        std::array<float, 8> t{};
+        for (std::size_t j = 0; j < 8; ++j) t[j] = std::ldexp(1.0f, -4 * static_cast<int>(j));  // 1, 1/16, ... 2^-28
+        std::array<double, 8> mass = masses_above(t);
+        std::size_t j = 0;
+        while (j < 8 && mass[j] < target * (1.0 + 1e-3)) ++j;
+        if (j == 8) return 0.0f;
+        if (j == 0) return t[0];  // the most likely tokens alone (p = 1) reach it
+        const float base = t[j];
+        for (std::size_t k = 0; k < 8; ++k) t[k] = base * std::sqrt(std::ldexp(1.0f, static_cast<int>(8 - k)));  // 16x .. 1.41x
+        mass = masses_above(t);
+        for (std::size_t k = 0; k < 8; ++k)
+            if (mass[k] >= target * (1.0 + 1e-3)) return t[k];
+        return base;
+    }
+
+    // For each threshold, the sum of probs_ at or above it.
+    std::array<double, 8> masses_above(const std::array<float, 8>& t) const {
+        using batch = xsimd::batch<float>;
+        constexpr std::size_t lanes = batch::size;
+        const std::size_t n = probs_.size();
+        std::array<double, 8> out{};
+        std::array<batch, 8> acc;
+        std::array<batch, 8> thr;
+        for (std::size_t k = 0; k < 8; ++k) {
+            acc[k] = batch(0.0f);
+            thr[k] = batch(t[k]);
+        }
+        std::size_t i = 0;
+        for (std::size_t flush = 0; i + lanes <= n; i += lanes) {
+            const batch v = batch::load_unaligned(probs_.data() + i);
+            for (std::size_t k = 0; k < 8; ++k) acc[k] += xsimd::select(v >= thr[k], v, batch(0.0f));
+            if (++flush == 256) {  // keep float sums short: into double every 256 batches
+                for (std::size_t k = 0; k < 8; ++k) {
+                    out[k] += static_cast<double>(xsimd::hadd(acc[k]));
+                    acc[k] = batch(0.0f);
+                }
+                flush = 0;
+            }
+        }
+        for (std::size_t k = 0; k < 8; ++k) {
+            out[k] += static_cast<double>(xsimd::hadd(acc[k]));
+            for (std::size_t r = i; r < n; ++r)
+                if (probs_[r] >= t[k]) out[k] += probs_[r];
+        }
+        return out;
+    }
+
+    // cand_ = the tokens with p >= from (and p > 0), in id order; blocks with none are skipped whole.
+    void gather(std::span<const float> l, float from) {
+        using batch = xsimd::batch<float>;
+        constexpr std::size_t lanes = batch::size;
+        const std::size_t n = probs_.size();
+        const batch vf(from);
+        std::size_t i = 0;
+        const auto take = [&](std::size_t j) {
+            if (probs_[j] >= from && probs_[j] > 0.0f) cand_.push_back({l[j], static_cast<std::int32_t>(j), probs_[j]});
+        };
+        for (; i + lanes <= n; i += lanes)
+            if (xsimd::any(batch::load_unaligned(probs_.data() + i) >= vf))
+                for (std::size_t j = i; j < i + lanes; ++j) take(j);
+        for (; i < n; ++i) take(i);
+    }
+
     // Top-p: reorders cand_ so that the smallest best-first prefix whose mass reaches `target` comes
     // first, and returns its length (all of cand_ if their mass falls short). A quickselect that keeps
     // the mass of what it has placed before `lo`; only the last small range is sorted.
@@ -377,34 +443,73 @@ private:
     // 53 random bits -> u in [0, 1): identical on every platform for the same seed.
     double uniform() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
 
-    std::int32_t draw_from(std::span<const float> p) {
-        double sum = 0.0;
-        for (const float x : p) sum += x;
-        const double u = uniform() * sum;
+    // Draws from relative probabilities p (summing to `total`) in id order: whole blocks are skipped by
+    // their (vectorised) sums, and only the block that holds the draw is walked token by token.
+    std::int32_t draw_from(std::span<const float> p, double total) {
+        using batch = xsimd::batch<float>;
+        constexpr std::size_t block = 16 * batch::size;
+        const double u = uniform() * total;
         double cumulative = 0.0;
-        std::size_t last = 0;
-        for (std::size_t i = 0; i < p.size(); ++i) {
-            if (p[i] <= 0.0f) continue;
-            cumulative += p[i];
-            last = i;
-            if (u < cumulative) return static_cast<std::int32_t>(i);
+        std::size_t i = 0, last = 0;
+        while (i < p.size()) {
+            const std::size_t end = std::min(p.size(), i + block);
+            if (end - i == block) {
+                batch s(0.0f);
+                for (std::size_t j = i; j < end; j += batch::size) s += batch::load_unaligned(p.data() + j);
+                const double sum = static_cast<double>(xsimd::hadd(s));
+                if (cumulative + sum * (1.0 + 1e-4) < u) {  // surely not in this block (float sum: 1e-4 margin)
+                    cumulative += sum;
+                    i = end;
+                    continue;
+                }
+            }
+            for (; i < end; ++i) {
+                if (p[i] <= 0.0f) continue;
+                cumulative += p[i];
+                last = i;
+                if (u < cumulative) return static_cast<std::int32_t>(i);
+            }
         }
-        return static_cast<std::int32_t>(last);  // rounding: u within an ulp of the sum
+        for (std::size_t j = p.size(); j-- > last;)  // rounding: u within an ulp of the sum
+            if (p[j] > 0.0f) return static_cast<std::int32_t>(j);
+        return static_cast<std::int32_t>(last);
     }
 
+    // Draws from candidates in their order: blocks of 32 are skipped by their sums (four independent
+    // accumulators), and only the block that holds the draw is walked token by token.
     std::int32_t draw_from(std::span<const Candidate> c) {
+        constexpr std::size_t block = 32;
+        const auto block_sum = [&](std::size_t i, std::size_t end) {
+            double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+            for (; i + 4 <= end; i += 4) {
+                s0 += c[i].p;
+                s1 += c[i + 1].p;
+                s2 += c[i + 2].p;
+                s3 += c[i + 3].p;
+            }
+            for (; i < end; ++i) s0 += c[i].p;
+            return (s0 + s1) + (s2 + s3);
+        };
         double sum = 0.0;
-        for (const auto& x : c) sum += x.p;
+        for (std::size_t i = 0; i < c.size(); i += block) sum += block_sum(i, std::min(c.size(), i + block));
         const double u = uniform() * sum;
         double cumulative = 0.0;
         std::int32_t last = c.front().id;
-        for (const auto& x : c) {
-            if (x.p <= 0.0f) continue;
-            cumulative += x.p;
-            last = x.id;
-            if (u < cumulative) return x.id;
+        for (std::size_t i = 0; i < c.size(); i += block) {
+            const std::size_t end = std::min(c.size(), i + block);
+            const double bs = block_sum(i, end);
+            if (cumulative + bs * (1.0 + 1e-12) < u) {  // surely not in this block
+                cumulative += bs;
+                continue;
+            }
+            for (std::size_t j = i; j < end; ++j) {
+                if (c[j].p <= 0.0f) continue;
+                cumulative += c[j].p;
+                last = c[j].id;
+                if (u < cumulative) return c[j].id;
+            }
         }
-        return last;
+        return last;  // rounding: u within an ulp of the sum
     }
 
     SamplingParams params_;
