@@ -158,9 +158,10 @@ TEST_CASE("SamplingParams::validate: every out-of-range value is refused with a 
         {[](P& p) { p.stop = {"ok", ""}; }, "stop strings must not be empty"},
         {[](P& p) { p.stop = {"a\xE4\xB8"}; }, "stop string is not valid UTF-8"},
     };
-    for (const auto& [mutate, message] : bad) {
+    for (const auto& item : bad) {
+        const std::string& message = item.second;  // not a structured binding: clang 14 cannot capture those
         P p;
-        mutate(p);
+        item.first(p);
         CAPTURE(message);
         CHECK_THROWS_WITH_AS(p.validate(), doctest::Contains(message.c_str()), qlm::invalid_argument);
         CHECK_THROWS_AS(qlm::Sampler{p}, qlm::invalid_argument);
