@@ -83,7 +83,8 @@ int main(int argc, char** argv) try {
         row.path = models[i];
         row.name = i < names.size() ? names[i] : std::filesystem::path(models[i]).filename().string();
         row.method = loaded.info.method;
-        row.scheme = row.method == "fp32" ? "fp32" : qlm::to_string(loaded.info.weights);
+        const bool float_method = row.method == "fp32" || row.method == "fp16" || row.method == "bf16";  // their scheme fields are unused
+        row.scheme = float_method ? row.method : qlm::to_string(loaded.info.weights);
         qlm::PerplexityOptions po;
         po.max_length = max_length;
         po.stride = stride;

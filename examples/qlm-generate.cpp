@@ -12,6 +12,8 @@
 #include <iostream>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -27,8 +29,18 @@ const char* kUsage = R"(usage: qlm-generate [options]
   --temperature T     0 = greedy (default 0.8)
   --top-k K           0 = off (default 40)
   --top-p P           (0, 1] (default 0.95)
+  --min-p P           [0, 1], 0 = off: keep tokens with p >= P * p_max (default 0)
+  --repetition-penalty R   > 0, 1 = off: divides positive / multiplies negative logits of prompt
+                      and output tokens (default 1)
+  --presence-penalty X     [-2, 2]: subtracted once from the logit of every token the output holds (default 0)
+  --frequency-penalty X    [-2, 2]: subtracted per occurrence in the output (default 0)
+  --logit-bias ID:BIAS     add BIAS to token ID's logit (repeatable; -inf bans it, +100 forces it)
   --seed S            sampling seed (default 42)
   --stop TEXT         stop when the output contains TEXT (repeatable; needs the tokenizer)
+  --stop-token-id ID  stop when token ID is generated (repeatable)
+  --include-stop      keep the stop string or stop token that ended the output
+  --min-tokens N      no EOS, stop token or stop string ends the output before N tokens (default 0)
+  --ignore-eos        generate past the end-of-text token
   --threads N         default: all cores
   --no-cache          recompute the whole prefix every step (no KV cache)
   --compare-cache     generate with and without the KV cache and report the speed-up
@@ -52,6 +64,30 @@ std::vector<std::int32_t> parse_ids(const std::string& list) {
     return ids;
 }
 
+// "50256:-inf" -> {50256, -inf}
+std::pair<std::int32_t, float> parse_bias(const std::string& item) {
+    const std::size_t colon = item.find(':');
+    std::int32_t id = -1;
+    float bias = 0.0f;
+    bool ok = colon != std::string::npos && colon > 0 && colon + 1 < item.size();
+    if (ok) {
+        const auto [e1, c1] = std::from_chars(item.data(), item.data() + colon, id);
+        const std::size_t at = colon + 1 + (item[colon + 1] == '+' && colon + 2 < item.size());  // "+100"
+        const auto [e2, c2] = std::from_chars(item.data() + at, item.data() + item.size(), bias);
+        ok = c1 == std::errc() && e1 == item.data() + colon && c2 == std::errc() && e2 == item.data() + item.size() && id >= 0;
+    }
+    if (!ok) throw qlm::invalid_argument("option --logit-bias: '" + item + "' is not ID:BIAS (a token id >= 0, a number, e.g. 50256:-inf)");
+    return {id, bias};
+}
+
+std::int32_t parse_id(const std::string& option, const std::string& item) {
+    std::int32_t id = -1;
+    const auto [end, ec] = std::from_chars(item.data(), item.data() + item.size(), id);
+    if (item.empty() || ec != std::errc() || end != item.data() + item.size() || id < 0)
+        throw qlm::invalid_argument("option --" + option + ": '" + item + "' is not a token id (an integer >= 0)");
+    return id;
+}
+
 std::string ids_text(const std::vector<std::int32_t>& ids) {
     std::string out;
     for (std::size_t i = 0; i < ids.size(); ++i) out += (i ? "," : "") + std::to_string(ids[i]);
@@ -61,7 +97,7 @@ std::string ids_text(const std::vector<std::int32_t>& ids) {
 }  // namespace
 
 int main(int argc, char** argv) try {
-    const qlm::cli::Args args(argc, argv, {"no-cache", "compare-cache", "quiet", "print-ids", "help"});
+    const qlm::cli::Args args(argc, argv, {"no-cache", "compare-cache", "quiet", "print-ids", "include-stop", "ignore-eos", "help"});
     if (args.has("help")) {
         std::fputs(kUsage, stdout);
         return 0;
@@ -78,6 +114,15 @@ int main(int argc, char** argv) try {
     options.sampling.top_k = args.number<std::size_t>("top-k", 40);
     options.sampling.top_p = args.number<float>("top-p", 0.95f);
     options.sampling.seed = args.number<std::uint64_t>("seed", 42);
+    options.sampling.min_p = args.number<float>("min-p", 0.0f);
+    options.sampling.repetition_penalty = args.number<float>("repetition-penalty", 1.0f);
+    options.sampling.presence_penalty = args.number<float>("presence-penalty", 0.0f);
+    options.sampling.frequency_penalty = args.number<float>("frequency-penalty", 0.0f);
+    for (const auto& item : args.all("logit-bias")) options.sampling.logit_bias.push_back(parse_bias(item));
+    for (const auto& item : args.all("stop-token-id")) options.sampling.stop_token_ids.push_back(parse_id("stop-token-id", item));
+    options.sampling.min_tokens = args.number<std::size_t>("min-tokens", 0);
+    options.sampling.include_stop_str_in_output = args.has("include-stop");
+    options.sampling.ignore_eos = args.has("ignore-eos");
     options.sampling.stop = args.all("stop");
     options.sampling.validate();
     const std::size_t threads = args.threads();
@@ -120,8 +165,8 @@ int main(int argc, char** argv) try {
         } else {
             std::printf("%s", prompt_ids ? tokenizer->decode(*prompt_ids).c_str() : prompt.c_str());
             std::fflush(stdout);
-            options.on_token = [&](std::int32_t token) {
-                std::printf("%s", tokenizer->token_text(token).c_str());
+            options.on_text = [](std::string_view delta) {  // released text: whole UTF-8 characters, stop strings cut
+                std::fwrite(delta.data(), 1, delta.size(), stdout);
                 std::fflush(stdout);
             };
         }
@@ -142,6 +187,7 @@ int main(int argc, char** argv) try {
     if (compare) {
         auto other = options;
         other.on_token = nullptr;
+        other.on_text = nullptr;
         other.cache = options.cache == qlm::CacheMode::kv_cache ? qlm::CacheMode::recompute : qlm::CacheMode::kv_cache;
         const auto second = run(other);
         const auto& cached = options.cache == qlm::CacheMode::kv_cache ? result : second;

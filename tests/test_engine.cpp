@@ -6,6 +6,7 @@
 #include <qlm/engine/generate.hpp>
 #include <qlm/model/load_gpt2.hpp>
 #include <qlm/sched/scheduler.hpp>
+#include <qlm/tokenizer/gpt2_tokenizer.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -382,14 +383,7 @@ const std::vector<qlm::GenerationResult>& mixed_references() {
     return refs;
 }
 
-qlm::RequestFinishReason as_request_reason(qlm::FinishReason r) {
-    switch (r) {
-        case qlm::FinishReason::eos: return qlm::RequestFinishReason::eos;
-        case qlm::FinishReason::stop: return qlm::RequestFinishReason::stop;
-        case qlm::FinishReason::length: break;
-    }
-    return qlm::RequestFinishReason::length;
-}
+qlm::RequestFinishReason as_request_reason(qlm::FinishReason r) { return qlm::to_request_reason(r); }
 
 template <class Sched>
 qlm::EngineStats run_mixed(qlm::EngineConfig config) {
@@ -586,9 +580,8 @@ TEST_CASE("engine: requests that cannot run are refused at add_request, nothing 
     Job j = mixed_jobs()[0];
     const auto ref = reference(j);
     REQUIRE(ref.tokens.size() > 4);
-    qlm::RequestOptions stop_options;
-    stop_options.stop_token_ids = {ref.tokens[3]};
-    const auto stop = engine.add_request(j.prompt, j.params, stop_options);
+    j.params.stop_token_ids = {ref.tokens[3]};
+    const auto stop = engine.add_request(j.prompt, j.params);
     const auto out = engine.run_until_done();
     REQUIRE(out.size() == 2);
     CHECK(out[0].id == none);
@@ -598,6 +591,35 @@ TEST_CASE("engine: requests that cannot run are refused at add_request, nothing 
     CHECK(out[1].finish_reason == qlm::RequestFinishReason::stop);
     const auto first = std::find(ref.tokens.begin(), ref.tokens.end(), ref.tokens[3]);
     CHECK(out[1].tokens == std::vector<std::int32_t>(ref.tokens.begin(), first));
+}
+
+TEST_CASE("engine: with a decoder, text and stop strings are qlm::generate's, batched") {
+    const auto tokenizer = qlm::GPT2Tokenizer::from_directory(std::filesystem::path(QLM_SOURCE_DIR) / "models/gpt2-tiny-kjv");
+    auto config = engine_config(64, 512, true);
+    config.decoder = qlm::make_decoder(tokenizer);
+    qlm::Engine<Model> engine(bundled_model(), pool(), config);
+    std::vector<qlm::GenerationResult> refs;
+    std::vector<qlm::RequestId> ids;
+    for (const std::string prompt : {"And the LORD said unto Moses", "In the beginning", "Blessed are"}) {
+        qlm::GenerateOptions o;
+        o.sampling.temperature = 0.0f;
+        o.sampling.max_tokens = 24;
+        const auto plain = qlm::generate(pool(), bundled_model(), tokenizer, prompt, o);
+        REQUIRE(plain.text.size() > 12);
+        o.sampling.stop = {plain.text.substr(plain.text.size() / 2, 3)};  // ends the output about half way
+        refs.push_back(qlm::generate(pool(), bundled_model(), tokenizer, prompt, o));
+        ids.push_back(engine.add_request(tokenizer.encode(prompt), o.sampling));
+    }
+    const auto outputs = engine.run_until_done();
+    REQUIRE(outputs.size() == refs.size());
+    for (std::size_t i = 0; i < refs.size(); ++i) {
+        CAPTURE(i);
+        CHECK(outputs[i].id == ids[i]);
+        CHECK(outputs[i].text == refs[i].text);
+        CHECK(outputs[i].tokens == refs[i].tokens);
+        CHECK(outputs[i].finish_reason == qlm::RequestFinishReason::stop);
+        CHECK(refs[i].finish_reason == qlm::FinishReason::stop);
+    }
 }
 
 TEST_CASE("engine: random adds, cancels and steps on a small pool keep the invariants; greedy outputs match generate") {

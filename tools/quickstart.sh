@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the bundled model: build the tools; generate text (KV cache vs. recompute);
-# quantize with INT8 dynamic, INT8 static, RTN, GPTQ and AWQ; generate with a quantized model;
+# quantize with fp16, bf16, INT8 dynamic, INT8 static, RTN, GPTQ (also W4A8) and AWQ; generate with a quantized model;
 # and print the evaluation report (size, speed, perplexity against fp32).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,11 +25,14 @@ quantize() {  # name, qlm-quantize arguments...
   names+=("$name")
   dirs+=("$out/$name")
 }
+quantize fp16 --method fp16
+quantize bf16 --method bf16
 quantize w8a8-dynamic --method int8-dynamic
 quantize w8a8-static --method int8-static --smoothquant 0.5
 quantize rtn-w4-g128 --method rtn --bits 4 --group-size 128
 quantize rtn-w4-g128-asym --method rtn --bits 4 --group-size 128 --asym  # AWQ's baseline: AWQ uses zero points
 quantize gptq-w4-g128 --method gptq --bits 4 --group-size 128 --export-autogptq "$out/gptq-w4-g128-autogptq"
+quantize gptq-w4a8-g128 --method gptq --bits 4 --group-size 128 --activations int8  # W4A8: int8 activations (vpdpbusd)
 quantize awq-w4-g128 --method awq --bits 4 --group-size 128
 names+=(gptq-w4-autogptq-format)  # the same model read back through the AutoGPTQ loader
 dirs+=("$out/gptq-w4-g128-autogptq")

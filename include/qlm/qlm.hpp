@@ -17,5 +17,7 @@
 #include <qlm/model/load_gpt2.hpp>
 #include <qlm/model/random_weights.hpp>
 #include <qlm/core/packed_matrix.hpp>
+#include <qlm/sched/finish_reason.hpp>
 #include <qlm/sched/sampler.hpp>
+#include <qlm/sched/sequence_output.hpp>
 #include <qlm/tokenizer/gpt2_tokenizer.hpp>

@@ -16,6 +16,7 @@
 #include <qlm/model/gpt2.hpp>
 #include <qlm/sched/sampler.hpp>
 #include <qlm/sched/scheduler.hpp>
+#include <qlm/sched/sequence_output.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -55,11 +56,11 @@ struct EngineConfig {
     double kv_memory_fraction = 0.25;  // used when kv_cache_bytes is 0
     SchedulerConfig scheduler{};       // max_context is taken from the model's n_positions
     std::int32_t eos_token_id = 50256;
+    Decoder decoder;  // token ids -> text (a tokenizer's decode): RequestOutput::text and stop strings; none: ids only
 };
 
 struct RequestOptions {
-    int priority = 0;                          // PriorityScheduling: lower runs first
-    std::vector<std::int32_t> stop_token_ids;  // sampling one ends the request (reason stop; the token is not kept)
+    int priority = 0;  // PriorityScheduling: lower runs first
     // Called on the stepping thread: for each generated token, and once with the finished result.
     std::function<void(RequestId, std::int32_t)> on_token;
     std::function<void(const RequestOutput&)> on_finish;
@@ -88,7 +89,7 @@ public:
     // Queues a request; any thread. Throws here, and queues nothing, for a request that could never
     // run: qlm::capacity_error when prompt + max_tokens exceeds the context or the sequence exceeds
     // the whole KV pool; qlm::invalid_argument for an empty prompt, a token outside the vocabulary,
-    // bad sampling parameters, or stop strings (the engine works on token ids; stop_token_ids work).
+    // bad sampling parameters, or stop strings without EngineConfig::decoder.
     RequestId add_request(std::vector<std::int32_t> prompt, const SamplingParams& params, RequestOptions options = {}) {
         return add(std::move(prompt), params, 1, std::move(options)).front();
     }
@@ -224,7 +225,8 @@ private:
         clock::time_point arrival;
     };
     struct Active {
-        Sampler sampler;
+        Sampler sampler;          // penalties over the prompt and the accepted tokens
+        SequenceOutput sequence;  // the finish rules, kept tokens and released text
         RequestOptions options;
         RequestOutput output;
     };
@@ -240,8 +242,8 @@ private:
 
     std::vector<RequestId> add(std::vector<std::int32_t> prompt, const SamplingParams& params, std::size_t n, RequestOptions options) {
         params.validate();
-        if (!params.stop.empty())
-            throw invalid_argument("qlm: the engine works on token ids: stop strings need a tokenizer; use stop_token_ids");
+        if (!params.stop.empty() && !config_.decoder)
+            throw invalid_argument("qlm: stop strings need a tokenizer to decode the generated tokens (EngineConfig::decoder)");
         Sched::check_admissible(prompt.size(), params.max_tokens, n, config_.scheduler, total_blocks_);
         const std::size_t vocab = model_.config().vocab_size;
         for (const std::int32_t t : prompt)
@@ -274,7 +276,8 @@ private:
             for (std::size_t i = 0; i < cmd.ids.size(); ++i) {
                 SamplingParams p = cmd.params;
                 p.seed += i;
-                Active a{Sampler(p), cmd.options, {}};
+                Active a{Sampler(p, cmd.prompt, config_.eos_token_id), SequenceOutput(p, config_.decoder, config_.eos_token_id),
+                         cmd.options, {}};
                 a.output.id = cmd.ids[i];
                 a.output.prompt_tokens = cmd.prompt;
                 a.output.timings.arrival = cmd.arrival;
@@ -306,21 +309,26 @@ private:
             scheduler_.append_token(id, token);
     }
 
-    // Every per-token decision in one place: keeps the token or not, calls the token callback, and
-    // says whether (and why) the request ends. The order is qlm::generate's: EOS (not kept), stop
-    // token ids (not kept), then max_tokens and a full context after keeping the token.
+    // Every per-token decision in one place: the sampler and the SequenceOutput take the token
+    // (EOS, stop token ids, stop strings, min_tokens and max_tokens are SequenceOutput's rules, as in
+    // qlm::generate), the kept token reaches the output and the token callback, and a full context
+    // ends the request. Returns the reason when the request ends.
     std::optional<RequestFinishReason> on_token(Active& a, std::int32_t token, clock::time_point now) {
-        const SamplingParams& p = a.sampler.params();
         RequestOutput& out = a.output;
-        if (!p.ignore_eos && token == config_.eos_token_id) return RequestFinishReason::eos;
-        if (std::find(a.options.stop_token_ids.begin(), a.options.stop_token_ids.end(), token) != a.options.stop_token_ids.end())
-            return RequestFinishReason::stop;
-        out.tokens.push_back(token);
-        out.timings.token_seconds.push_back(std::chrono::duration<double>(now - out.timings.arrival).count());
-        ++stats_.generated_tokens;
-        if (a.options.on_token) a.options.on_token(out.id, token);
-        if (out.tokens.size() >= p.max_tokens) return RequestFinishReason::length;
-        if (out.prompt_tokens.size() + out.tokens.size() >= config_.scheduler.max_context) return RequestFinishReason::length;
+        a.sampler.accept(token);
+        const SequenceOutput::Step step = a.sequence.append(token);
+        out.text += step.text_delta;
+        if (a.sequence.tokens().size() > out.tokens.size()) {
+            out.tokens.push_back(token);
+            out.timings.token_seconds.push_back(std::chrono::duration<double>(now - out.timings.arrival).count());
+            ++stats_.generated_tokens;
+            if (a.options.on_token) a.options.on_token(out.id, token);
+        }
+        if (step.finished) return to_request_reason(step.reason);
+        if (out.prompt_tokens.size() + out.tokens.size() >= config_.scheduler.max_context) {
+            out.text += a.sequence.flush(FinishReason::length);
+            return RequestFinishReason::length;
+        }
         return std::nullopt;
     }
 
@@ -333,6 +341,7 @@ private:
             out.preemptions = scheduler_.preemptions(id);
             scheduler_.remove(id);
         }
+        if (!a.sequence.finished()) out.text += a.sequence.flush(reason == RequestFinishReason::cancelled ? FinishReason::abort : FinishReason::length);
         out.finish_reason = reason;
         out.error = std::move(message);
         out.timings.finished = clock::now();

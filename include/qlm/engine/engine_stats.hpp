@@ -1,6 +1,7 @@
 #pragma once
 // What the engine reports: one RequestOutput per finished request, and EngineStats for the whole
 // engine (the figures a /metrics endpoint exposes).
+#include <qlm/sched/finish_reason.hpp>
 #include <qlm/sched/scheduler.hpp>
 
 #include <chrono>
@@ -11,9 +12,19 @@
 
 namespace qlm {
 
-// Why a request ended. (engine/generate.hpp's FinishReason covers the first three for the
-// single-request loop.)
+// Why a request ended: FinishReason's sequence-level reasons (abort is `cancelled` here), and
+// `error` for a request the engine could not run.
 enum class RequestFinishReason { length, stop, eos, cancelled, error };
+
+constexpr RequestFinishReason to_request_reason(FinishReason r) noexcept {
+    switch (r) {
+        case FinishReason::length: return RequestFinishReason::length;
+        case FinishReason::stop: return RequestFinishReason::stop;
+        case FinishReason::eos: return RequestFinishReason::eos;
+        case FinishReason::abort: return RequestFinishReason::cancelled;
+    }
+    return RequestFinishReason::error;
+}
 
 inline const char* to_string(RequestFinishReason r) noexcept {
     switch (r) {
@@ -45,7 +56,8 @@ struct RequestTimings {
 struct RequestOutput {
     RequestId id = 0;
     std::vector<std::int32_t> prompt_tokens;
-    std::vector<std::int32_t> tokens;  // generated tokens (an EOS or stop token that ended the request is not included)
+    std::vector<std::int32_t> tokens;  // generated tokens kept (SequenceOutput's: no EOS; a stop token only with include_stop_str_in_output)
+    std::string text;                  // released text, with EngineConfig::decoder (valid UTF-8, stop string removed)
     RequestFinishReason finish_reason = RequestFinishReason::length;
     std::string error;   // what went wrong, with finish_reason error
     double ttft = 0.0;   // seconds from arrival to the first sampled token; 0 if none was sampled

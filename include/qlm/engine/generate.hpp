@@ -5,7 +5,9 @@
 #include <qlm/core/thread_pool.hpp>
 #include <qlm/kv/contiguous_cache.hpp>
 #include <qlm/model/gpt2.hpp>
+#include <qlm/sched/finish_reason.hpp>
 #include <qlm/sched/sampler.hpp>
+#include <qlm/sched/sequence_output.hpp>
 
 #include <chrono>
 #include <cstddef>
@@ -13,6 +15,7 @@
 #include <functional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace qlm {
@@ -23,21 +26,11 @@ concept TextTokenizer = requires(const T& t, std::string_view text, std::span<co
     { t.decode(ids) } -> std::same_as<std::string>;
 };
 
-enum class FinishReason { length, stop, eos };
-
-inline const char* to_string(FinishReason r) noexcept {
-    switch (r) {
-        case FinishReason::length: return "length";
-        case FinishReason::stop: return "stop";
-        case FinishReason::eos: return "eos";
-    }
-    return "length";
-}
-
 struct GenerationResult {
     std::vector<std::int32_t> prompt_tokens;
-    std::vector<std::int32_t> tokens;  // generated tokens only
-    std::string text;                  // generated text only (stop string removed)
+    std::vector<std::int32_t> tokens;  // generated tokens only (SequenceOutput::tokens: no EOS)
+    std::string text;                  // generated text as released: valid UTF-8, stop string removed
+                                       // (unless include_stop_str_in_output)
     FinishReason finish_reason = FinishReason::length;
     double prefill_seconds = 0.0;
     double decode_seconds = 0.0;  // all steps after the first generated token
@@ -56,23 +49,26 @@ struct GenerateOptions {
     SamplingParams sampling;
     CacheMode cache = CacheMode::kv_cache;
     int eos_token_id = 50256;
-    std::function<void(std::int32_t token)> on_token;  // called for every generated token
+    std::function<void(std::int32_t token)> on_token;  // called for every token kept in result.tokens
+    std::function<void(std::string_view text_delta)> on_text;  // the text as it is released (valid UTF-8)
 };
 
 namespace detail {
 
-using DecodeFn = std::function<std::string(std::span<const std::int32_t>)>;
+using DecodeFn = Decoder;
 
 // The generation loop over prompt token ids (the forward pass checks that they are in the
 // vocabulary). `decode` (optional) makes the result's text and finds stop strings; without it
-// result.text stays empty and stop strings are refused.
+// result.text stays empty and stop strings are refused. Each step samples with the request's
+// Sampler (penalties over the prompt and the accepted tokens) and hands the token to a
+// SequenceOutput, which decides whether the sequence ends and releases its text incrementally.
 template <LinearLayer Linear>
 GenerationResult generate_from_ids(ThreadPool& pool, const GPT2Model<Linear>& model, std::vector<std::int32_t> prompt_tokens,
                                    const GenerateOptions& options, const DecodeFn& decode) {
     using clock = std::chrono::steady_clock;
     const auto& cfg = model.config();
-    if (!decode && !options.sampling.stop.empty())
-        throw invalid_argument("qlm: stop strings need a tokenizer to decode the generated tokens");
+    const auto& params = options.sampling;
+    SequenceOutput output(params, decode, options.eos_token_id);  // validates; refuses stop strings without `decode`
     if (prompt_tokens.empty()) throw invalid_argument("qlm: the prompt has no tokens (GPT-2's texts start with its BOS token)");
     if (prompt_tokens.size() >= cfg.n_positions)
         throw capacity_error("qlm: prompt of " + std::to_string(prompt_tokens.size()) +
@@ -80,7 +76,7 @@ GenerationResult generate_from_ids(ThreadPool& pool, const GPT2Model<Linear>& mo
     GenerationResult result;
     result.prompt_tokens = std::move(prompt_tokens);
 
-    Sampler sampler(options.sampling);
+    Sampler sampler(params, result.prompt_tokens, options.eos_token_id);
     ForwardWorkspace ws;
     ContiguousKVCache cache(cfg.n_layer, cfg.n_positions, cfg.n_embd);
     std::vector<std::int32_t> context = result.prompt_tokens;
@@ -90,32 +86,23 @@ GenerationResult generate_from_ids(ThreadPool& pool, const GPT2Model<Linear>& mo
     auto t_first = clock::now();
     result.prefill_seconds = std::chrono::duration<double>(t_first - t0).count();
 
-    const auto& params = options.sampling;
-    while (result.tokens.size() < params.max_tokens) {
+    const auto emit = [&](const std::string& delta) {
+        if (options.on_text && !delta.empty()) options.on_text(delta);
+    };
+    while (params.max_tokens > 0) {
         const std::int32_t token = sampler.sample(logits);
-        if (!params.ignore_eos && token == options.eos_token_id) {
-            result.finish_reason = FinishReason::eos;
+        sampler.accept(token);
+        const std::size_t kept = output.tokens().size();
+        const SequenceOutput::Step step = output.append(token);
+        if (output.tokens().size() > kept && options.on_token) options.on_token(token);
+        emit(step.text_delta);
+        if (step.finished) break;
+        context.push_back(token);
+        if (context.size() >= cfg.n_positions) {
+            emit(output.flush(FinishReason::length));
             break;
         }
-        result.tokens.push_back(token);
-        context.push_back(token);
-        if (options.on_token) options.on_token(token);
-        if (!params.stop.empty()) {
-            const std::string text = decode(result.tokens);
-            bool stopped = false;
-            for (const auto& s : params.stop)
-                if (const auto at = text.find(s); at != std::string::npos) {
-                    result.text = text.substr(0, at);
-                    stopped = true;
-                    break;
-                }
-            if (stopped) {
-                result.finish_reason = FinishReason::stop;
-                break;
-            }
-        }
-        if (result.tokens.size() >= params.max_tokens || context.size() >= cfg.n_positions) break;
-        if (result.tokens.size() == 1) t_first = clock::now();
+        if (output.tokens().size() == 1) t_first = clock::now();
         if (options.cache == CacheMode::kv_cache) {
             logits = model.forward(pool, cache, std::span<const std::int32_t>(&context.back(), 1), ws);
         } else {
@@ -123,8 +110,11 @@ GenerationResult generate_from_ids(ThreadPool& pool, const GPT2Model<Linear>& mo
             logits = model.forward(pool, cache, std::span<const std::int32_t>(context), ws);
         }
     }
+    if (!output.finished()) emit(output.flush(FinishReason::length));  // max_tokens 0
     result.decode_seconds = std::chrono::duration<double>(clock::now() - t_first).count();
-    if (decode && result.finish_reason != FinishReason::stop) result.text = decode(result.tokens);
+    result.tokens = output.tokens();
+    result.text = output.text();
+    result.finish_reason = output.finish_reason();
     return result;
 }
 
@@ -136,8 +126,7 @@ GenerationResult generate(ThreadPool& pool, const GPT2Model<Linear>& model, cons
                           std::string_view prompt, const GenerateOptions& options) {
     std::vector<std::int32_t> ids = tokenizer.encode(prompt);
     if (ids.empty()) ids.push_back(options.eos_token_id);
-    return detail::generate_from_ids(pool, model, std::move(ids), options,
-                                     [&](std::span<const std::int32_t> tokens) { return tokenizer.decode(tokens); });
+    return detail::generate_from_ids(pool, model, std::move(ids), options, make_decoder(tokenizer));
 }
 
 // Generates from prompt token ids (each in [0, vocab_size), at least one), with a tokenizer for
@@ -145,8 +134,7 @@ GenerationResult generate(ThreadPool& pool, const GPT2Model<Linear>& model, cons
 template <LinearLayer Linear, TextTokenizer Tokenizer>
 GenerationResult generate(ThreadPool& pool, const GPT2Model<Linear>& model, const Tokenizer& tokenizer,
                           std::span<const std::int32_t> prompt, const GenerateOptions& options) {
-    return detail::generate_from_ids(pool, model, {prompt.begin(), prompt.end()}, options,
-                                     [&](std::span<const std::int32_t> tokens) { return tokenizer.decode(tokens); });
+    return detail::generate_from_ids(pool, model, {prompt.begin(), prompt.end()}, options, make_decoder(tokenizer));
 }
 
 // Generates from prompt token ids without a tokenizer: result.tokens holds the generated ids and

@@ -78,10 +78,12 @@ struct Avx512Ops {
     QLM_TARGET_AVX512 static float reduce_max(vf a) { return _mm512_reduce_max_ps(a); }
     QLM_TARGET_AVX512 static float reduce_add(vf a) { return _mm512_reduce_add_ps(a); }
     // out[i] = Σ lanes of the i-th vector, with one shared shuffle tree.
+    // A member function, not a lambda: GCC does not apply the target attribute to a lambda's
+    // declaration, and warns (-Wpsabi) about its __m256 return when the TU has no -mavx.
+    QLM_TARGET_AVX512 static __m256 fold(vf v) {
+        return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    }
     QLM_TARGET_AVX512 static void reduce4(vf a, vf b, vf c, vf d, float* out) {
-        auto fold = [](vf v) QLM_TARGET_AVX512 {
-            return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-        };
         const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(fold(a), fold(b)), _mm256_hadd_ps(fold(c), fold(d)));
         _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
     }
