@@ -2,7 +2,7 @@
 // variants, measured in one process (random weights of a chosen shape, or a checkpoint). With
 // --write-random-model it writes those random weights as a Hugging Face GPT-2 folder instead, so other
 // engines (llama.cpp, through tools/hf_to_gguf_gpt2.py) can run the very same model.
-#include "cli.hpp"
+#include "cli_model.hpp"
 
 #include <qlm/eval/size_report.hpp>
 #include <qlm/eval/speed.hpp>
@@ -117,26 +117,6 @@ void write_hf_gpt2(const qlm::GPT2FloatWeights& w, const std::filesystem::path& 
         throw qlm::format_error("the model written to " + dir.string() + " does not load back to the same weights");
 }
 
-// "w4g128" (weight-only, float activations) or "w4a8g128" (int8 activations): RTN, symmetric.
-struct WeightVariant {
-    int bits;
-    std::size_t group_size;
-    bool int8_activations;
-};
-std::optional<WeightVariant> weight_variant(const std::string& v) {
-    WeightVariant w{};
-    std::size_t at = 0;
-    if (v.size() < 4 || v[0] != 'w' || !std::isdigit(static_cast<unsigned char>(v[1]))) return std::nullopt;
-    w.bits = v[1] - '0';
-    at = 2;
-    if (v.compare(at, 2, "a8") == 0) w.int8_activations = true, at += 2;
-    if (at >= v.size() || v[at] != 'g') return std::nullopt;
-    const std::string digits = v.substr(at + 1);
-    if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos || digits.size() > 6) return std::nullopt;
-    w.group_size = std::stoul(digits);
-    return w;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) try {
@@ -159,15 +139,7 @@ int main(int argc, char** argv) try {
     if (!model_dir.empty()) {
         weights = qlm::load_gpt2_weights(model_dir);
     } else {
-        qlm::GPT2Config config = qlm::gpt2_124m_config();
-        if (shape == "tiny") {
-            config.n_layer = 4;
-            config.n_head = 4;
-            config.n_embd = 128;
-            config.n_positions = 256;
-        } else if (shape != "124m") {
-            throw qlm::invalid_argument("unknown --shape '" + shape + "' (124m, tiny)");
-        }
+        const qlm::GPT2Config config = qlm::cli::shape_config(shape);
         weights = qlm::random_gpt2_weights(config, kRandomSeed);
     }
     if (!write_dir.empty()) {
@@ -196,21 +168,8 @@ int main(int argc, char** argv) try {
         const std::size_t comma = std::min(variants.find(',', at), variants.size());
         const std::string v = variants.substr(at, comma - at);
         at = comma + 1;
-        qlm::QuantizeOptions o;
-        o.quantize_head = true;  // as llama.cpp's quantized files do
-        if (v == "w8a8") {
-            o.method = "int8-dynamic";
-        } else if (v == "fp16" || v == "bf16") {
-            o.method = v;
-        } else if (const auto spec = weight_variant(v)) {
-            o.method = "rtn";
-            o.weights = qlm::QuantSpec{spec->bits, qlm::GranularityKind::per_group, spec->group_size, true};
-            o.int8_activations = spec->int8_activations;
-        } else if (v != "fp32") {
-            throw qlm::invalid_argument("unknown variant '" + v + "' (fp32, fp16, bf16, w8a8, w<bits>g<group> such as w4g128, "
-                                        "w<bits>a8g<group> such as w4a8g128)");
-        }
-        auto model = v == "fp32" ? qlm::to_any_linear(weights) : qlm::quantize_gpt2(pool, weights, o).model;
+        const auto options = qlm::cli::quantize_options(v);
+        auto model = options ? qlm::quantize_gpt2(pool, weights, *options).model : qlm::to_any_linear(weights);
         qlm::ForwardProfile decode_profile;
         const auto speed = qlm::measure_speed(pool, model, prompt_tokens, decode_tokens, reps, profile ? &decode_profile : nullptr);
         if (v == "fp32" || base.decode_tokens_per_second == 0.0) base = speed;
