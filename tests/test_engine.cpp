@@ -368,9 +368,12 @@ std::vector<Job> mixed_jobs() {
     return jobs;
 }
 
+// generate() itself runs on an Engine; its recompute mode (no KV cache, its own loop) is the
+// independent reference.
 qlm::GenerationResult reference(const Job& j) {
     qlm::GenerateOptions o;
     o.sampling = j.params;
+    o.cache = qlm::CacheMode::recompute;
     return qlm::generate(pool(), bundled_model(), std::span<const std::int32_t>(j.prompt), o);
 }
 
@@ -604,6 +607,7 @@ TEST_CASE("engine: with a decoder, text and stop strings are qlm::generate's, ba
         qlm::GenerateOptions o;
         o.sampling.temperature = 0.0f;
         o.sampling.max_tokens = 24;
+        o.cache = qlm::CacheMode::recompute;
         const auto plain = qlm::generate(pool(), bundled_model(), tokenizer, prompt, o);
         REQUIRE(plain.text.size() > 12);
         o.sampling.stop = {plain.text.substr(plain.text.size() / 2, 3)};  // ends the output about half way

@@ -31,6 +31,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
@@ -63,6 +64,7 @@ struct RequestOptions {
     int priority = 0;  // PriorityScheduling: lower runs first
     // Called on the stepping thread: for each generated token, and once with the finished result.
     std::function<void(RequestId, std::int32_t)> on_token;
+    std::function<void(RequestId, std::string_view)> on_text;  // each piece of released text, as it is released (needs a decoder)
     std::function<void(const RequestOutput&)> on_finish;
 };
 
@@ -317,7 +319,7 @@ private:
         RequestOutput& out = a.output;
         a.sampler.accept(token);
         const SequenceOutput::Step step = a.sequence.append(token);
-        out.text += step.text_delta;
+        release(a, step.text_delta);
         if (a.sequence.tokens().size() > out.tokens.size()) {
             out.tokens.push_back(token);
             out.timings.token_seconds.push_back(std::chrono::duration<double>(now - out.timings.arrival).count());
@@ -326,10 +328,16 @@ private:
         }
         if (step.finished) return to_request_reason(step.reason);
         if (out.prompt_tokens.size() + out.tokens.size() >= config_.scheduler.max_context) {
-            out.text += a.sequence.flush(FinishReason::length);
+            release(a, a.sequence.flush(FinishReason::length));
             return RequestFinishReason::length;
         }
         return std::nullopt;
+    }
+
+    void release(Active& a, const std::string& text) {
+        if (text.empty()) return;
+        a.output.text += text;
+        if (a.options.on_text) a.options.on_text(a.output.id, text);
     }
 
     void finish(RequestId id, RequestFinishReason reason, std::string message = {}) {
@@ -341,7 +349,7 @@ private:
             out.preemptions = scheduler_.preemptions(id);
             scheduler_.remove(id);
         }
-        if (!a.sequence.finished()) out.text += a.sequence.flush(reason == RequestFinishReason::cancelled ? FinishReason::abort : FinishReason::length);
+        if (!a.sequence.finished()) release(a, a.sequence.flush(reason == RequestFinishReason::cancelled ? FinishReason::abort : FinishReason::length));
         out.finish_reason = reason;
         out.error = std::move(message);
         out.timings.finished = clock::now();

@@ -1,8 +1,10 @@
 #pragma once
-// Single-sequence text generation: prefill the prompt, then decode one token a step from the
-// KV cache (or, for comparison, recompute the whole prefix every step without a cache).
+// Single-sequence text generation. With the KV cache (the default) it is one request on an
+// Engine with a pool sized for it, so generate() and the batching engine share one code path;
+// the recompute mode (a baseline for the KV cache's speed-up) runs the whole prefix every step.
 #include <qlm/core/error.hpp>
 #include <qlm/core/thread_pool.hpp>
+#include <qlm/engine/engine.hpp>
 #include <qlm/kv/contiguous_cache.hpp>
 #include <qlm/model/gpt2.hpp>
 #include <qlm/sched/finish_reason.hpp>
@@ -12,6 +14,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <algorithm>
 #include <functional>
 #include <span>
 #include <string>
@@ -57,6 +60,50 @@ namespace detail {
 
 using DecodeFn = Decoder;
 
+// One request on an Engine whose KV pool holds exactly this sequence (prompt + max_tokens, at most
+// the context). max_tokens beyond the context ends with `length` when the context is full, as
+// before the engine, instead of the engine's refusal at admission.
+template <LinearLayer Linear>
+GenerationResult generate_on_engine(ThreadPool& pool, const GPT2Model<Linear>& model, std::vector<std::int32_t> prompt_tokens,
+                                    const GenerateOptions& options, const DecodeFn& decode) {
+    using Sched = Scheduler<ContinuousBatching>;
+    const auto& cfg = model.config();
+    SamplingParams params = options.sampling;
+    params.max_tokens = std::min(params.max_tokens, cfg.n_positions - prompt_tokens.size());
+    const std::size_t positions = prompt_tokens.size() + params.max_tokens;
+    const std::size_t blocks = (positions + Sched::page_size - 1) / Sched::page_size + 1;  // +1: the block the last token's logits need
+    EngineConfig config;
+    config.kv_cache_bytes = blocks * KVBlockLayout<Sched::page_size>{cfg.n_layer, cfg.n_embd}.bytes();
+    config.eos_token_id = options.eos_token_id;
+    config.decoder = decode;
+    config.scheduler.max_running = 1;
+    config.scheduler.max_tokens_per_step = std::max<std::size_t>(prompt_tokens.size(), 1);  // the prompt in one prefill step
+    config.scheduler.prefix_caching = false;
+    Engine<GPT2Model<Linear>, Sched> engine(model, pool, config);
+
+    RequestOptions request;
+    if (options.on_token) request.on_token = [&](RequestId, std::int32_t token) { options.on_token(token); };
+    if (options.on_text) request.on_text = [&](RequestId, std::string_view text) { options.on_text(text); };
+    const RequestId id = engine.add_request(prompt_tokens, params, std::move(request));
+    engine.run_until_done();
+    RequestOutput out = engine.wait(id);
+    if (out.finish_reason == RequestFinishReason::error) throw error("qlm: generation failed: " + out.error);
+
+    GenerationResult result;
+    result.prompt_tokens = std::move(prompt_tokens);
+    result.tokens = std::move(out.tokens);
+    result.text = std::move(out.text);
+    result.finish_reason = out.finish_reason == RequestFinishReason::stop ? FinishReason::stop
+                           : out.finish_reason == RequestFinishReason::eos ? FinishReason::eos
+                                                                           : FinishReason::length;
+    const auto& t = out.timings;
+    if (t.first_token != RequestTimings::clock::time_point{}) {
+        result.prefill_seconds = std::chrono::duration<double>(t.first_token - t.arrival).count();
+        result.decode_seconds = std::chrono::duration<double>(t.finished - t.first_token).count();
+    }
+    return result;
+}
+
 // The generation loop over prompt token ids (the forward pass checks that they are in the
 // vocabulary). `decode` (optional) makes the result's text and finds stop strings; without it
 // result.text stays empty and stop strings are refused. Each step samples with the request's
@@ -73,6 +120,7 @@ GenerationResult generate_from_ids(ThreadPool& pool, const GPT2Model<Linear>& mo
     if (prompt_tokens.size() >= cfg.n_positions)
         throw capacity_error("qlm: prompt of " + std::to_string(prompt_tokens.size()) +
                              " tokens leaves no room in a context of " + std::to_string(cfg.n_positions));
+    if (options.cache == CacheMode::kv_cache) return generate_on_engine(pool, model, std::move(prompt_tokens), options, decode);
     GenerationResult result;
     result.prompt_tokens = std::move(prompt_tokens);
 
@@ -103,12 +151,8 @@ GenerationResult generate_from_ids(ThreadPool& pool, const GPT2Model<Linear>& mo
             break;
         }
         if (output.tokens().size() == 1) t_first = clock::now();
-        if (options.cache == CacheMode::kv_cache) {
-            logits = model.forward(pool, cache, std::span<const std::int32_t>(&context.back(), 1), ws);
-        } else {
-            cache.clear();
-            logits = model.forward(pool, cache, std::span<const std::int32_t>(context), ws);
-        }
+        cache.clear();
+        logits = model.forward(pool, cache, std::span<const std::int32_t>(context), ws);
     }
     if (!output.finished()) emit(output.flush(FinishReason::length));  // max_tokens 0
     result.decode_seconds = std::chrono::duration<double>(clock::now() - t_first).count();
