@@ -75,7 +75,8 @@ double percentile(std::vector<double> v, double p) {
 
 struct Row {
     std::string mode;
-    double seconds = 0, tokens_per_second = 0, ttft_p50 = 0, ttft_p95 = 0, itl_p50 = 0, itl_p95 = 0, kv_peak = 0;
+    double seconds = 0, tokens_per_second = 0, requests_per_second = 0, ttft_p50 = 0, ttft_p95 = 0, ttft_p99 = 0, itl_p50 = 0,
+           itl_p95 = 0, kv_peak = 0, kv_util = 0, kv_contiguous = 0;
     std::uint64_t generated = 0, preemptions = 0, prefix_skipped = 0, steps = 0;
 };
 
@@ -120,9 +121,13 @@ Row run(const std::string& mode, const Model& model, qlm::ThreadPool& pool, cons
     row.tokens_per_second = static_cast<double>(row.generated) / seconds;
     row.ttft_p50 = percentile(ttft, 50);
     row.ttft_p95 = percentile(ttft, 95);
+    row.ttft_p99 = percentile(ttft, 99);
+    row.requests_per_second = static_cast<double>(outputs.size()) / seconds;
     row.itl_p50 = percentile(itl, 50);
     row.itl_p95 = percentile(itl, 95);
     row.kv_peak = stats.kv_peak_usage;
+    row.kv_util = stats.kv_utilisation_mean;
+    row.kv_contiguous = stats.kv_contiguous_utilisation_mean;
     row.preemptions = stats.preemptions;
     row.prefix_skipped = stats.prefix_skipped_tokens;
     row.steps = stats.steps;
@@ -200,9 +205,10 @@ int main(int argc, char** argv) try {
                 requests, system, max_prompt, prompt_tokens, max_output, output_tokens,
                 arrivals, max_running, budget,
                 static_cast<double>(config.kv_cache_bytes) / (1 << 20), config.kv_cache_bytes / block_bytes);
-    std::printf("%-18s %8s %9s %7s %9s %9s %8s %8s %8s %8s %9s %6s\n", "mode", "time s", "tok/s", "x base", "TTFT p50", "TTFT p95",
-                "ITL p50", "ITL p95", "KV peak", "preempt", "prefix", "steps");
-    std::printf("%-18s %8s %9s %7s %9s %9s %8s %8s %8s %8s %9s %6s\n", "", "", "", "", "ms", "ms", "ms", "ms", "%", "", "skipped", "");
+    std::printf("%-18s %8s %9s %6s %7s %9s %9s %9s %8s %8s %8s %8s %8s %8s %9s %6s\n", "mode", "time s", "tok/s", "req/s", "x base",
+                "TTFT p50", "TTFT p95", "TTFT p99", "ITL p50", "ITL p95", "KV peak", "KV util", "contig.", "preempt", "prefix", "steps");
+    std::printf("%-18s %8s %9s %6s %7s %9s %9s %9s %8s %8s %8s %8s %8s %8s %9s %6s\n", "", "", "", "", "", "ms", "ms", "ms", "ms", "ms",
+                "%", "% mean", "% mean", "", "skipped", "");
     double base = 0.0;
     for (const std::string& mode : modes) {
         qlm::EngineConfig c = config;
@@ -217,9 +223,10 @@ int main(int argc, char** argv) try {
             row = run<qlm::Scheduler<qlm::ContinuousBatching>>(mode, model, pool, w, c);
         }
         if (base == 0.0) base = row.tokens_per_second;
-        std::printf("%-18s %8.2f %9.1f %7.2f %9.1f %9.1f %8.2f %8.2f %8.1f %8llu %9llu %6llu\n", row.mode.c_str(), row.seconds,
-                    row.tokens_per_second, row.tokens_per_second / base, 1e3 * row.ttft_p50, 1e3 * row.ttft_p95, 1e3 * row.itl_p50,
-                    1e3 * row.itl_p95, 100.0 * row.kv_peak, static_cast<unsigned long long>(row.preemptions),
+        std::printf("%-18s %8.2f %9.1f %6.1f %7.2f %9.1f %9.1f %9.1f %8.2f %8.2f %8.1f %8.1f %8.1f %8llu %9llu %6llu\n", row.mode.c_str(),
+                    row.seconds, row.tokens_per_second, row.requests_per_second, row.tokens_per_second / base, 1e3 * row.ttft_p50,
+                    1e3 * row.ttft_p95, 1e3 * row.ttft_p99, 1e3 * row.itl_p50, 1e3 * row.itl_p95, 100.0 * row.kv_peak, 100.0 * row.kv_util,
+                    100.0 * row.kv_contiguous, static_cast<unsigned long long>(row.preemptions),
                     static_cast<unsigned long long>(row.prefix_skipped), static_cast<unsigned long long>(row.steps));
         std::fflush(stdout);
     }

@@ -5,8 +5,11 @@
 #include <qlm/engine/engine.hpp>
 #include <qlm/engine/generate.hpp>
 #include <qlm/model/load_gpt2.hpp>
+#include <qlm/model/random_weights.hpp>
 #include <qlm/sched/scheduler.hpp>
 #include <qlm/tokenizer/gpt2_tokenizer.hpp>
+
+#include "test_util.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -717,4 +720,108 @@ TEST_CASE("engine: producers add, cancel and wait from other threads while one t
     CHECK(engine.stats().requests_finished == kProducers * kEach);
     CHECK(engine.kv_cache().stats().sequences == 0);
     CHECK(engine.poll().empty());
+}
+
+TEST_CASE("engine: greedy and seeded requests are identical alone and inside a batch of 64 with others arriving and leaving") {
+    std::mt19937 rng(11);
+    auto pick = [&](std::size_t lo, std::size_t hi) { return std::uniform_int_distribution<std::size_t>(lo, hi)(rng); };
+    auto random_job = [&](std::size_t max_prompt, std::size_t min_new, std::size_t max_new) {
+        Job j;
+        for (std::size_t i = pick(1, max_prompt); i > 0; --i) j.prompt.push_back(static_cast<std::int32_t>(pick(0, 50256)));
+        j.params.temperature = 0.0f;
+        j.params.max_tokens = pick(min_new, max_new);
+        return j;
+    };
+    qlm::Engine<Model> engine(bundled_model(), pool(), engine_config(400, 256, true, 64));
+    // Tracked: two greedy requests and two sampled ones (temperature, top-p, penalties, own seeds).
+    std::vector<Job> tracked;
+    for (int k = 0; k < 4; ++k) {
+        Job j = random_job(40, 1, 1);
+        j.params.max_tokens = 24;
+        if (k >= 2) {
+            j.params.temperature = 0.9f;
+            j.params.top_p = 0.95f;
+            j.params.presence_penalty = 0.5f;
+            j.params.seed = 100 + static_cast<std::uint64_t>(k);
+        }
+        tracked.push_back(j);
+    }
+    std::vector<qlm::RequestId> tracked_ids;
+    std::size_t background = 0, max_running = 0;
+    for (int i = 0; i < 70; ++i, ++background) {
+        const Job j = random_job(24, 8, 40);
+        engine.add_request(j.prompt, j.params);
+    }
+    for (int step = 0; engine.has_unfinished() || tracked_ids.size() < tracked.size(); ++step) {
+        if (step % 3 == 1 && tracked_ids.size() < tracked.size()) {
+            const Job& j = tracked[tracked_ids.size()];
+            tracked_ids.push_back(engine.add_request(j.prompt, j.params));
+        }
+        if (engine.stats().waiting < 4)  // others keep arriving as some leave (stats as of the last step)
+            for (int i = 0; i < 3 && background < 200; ++i, ++background) {
+                const Job j = random_job(24, 8, 40);
+                engine.add_request(j.prompt, j.params);
+            }
+        engine.step();
+        max_running = std::max(max_running, engine.stats().running);
+    }
+    CHECK(max_running == 64);
+    for (std::size_t k = 0; k < tracked.size(); ++k) {
+        const auto out = engine.wait(tracked_ids[k]);
+        const auto ref = reference(tracked[k]);
+        CHECK(out.tokens == ref.tokens);
+        CHECK(out.tokens.size() == 24);
+    }
+}
+
+TEST_CASE("engine: 10,000 mixed requests with random cancellations leave no block behind") {
+    qlm::GPT2Config config = qlm_test::small_config();  // a small random model: the test is about bookkeeping
+    config.n_layer = 1;
+    config.n_head = 2;
+    config.n_embd = 32;
+    const auto model = qlm::make_float_model(qlm::random_gpt2_weights(config, 3));
+    qlm::EngineConfig ec;
+    ec.kv_cache_bytes = 24 * qlm::KVBlockLayout<16>{config.n_layer, config.n_embd}.bytes();  // tight: preemption happens
+    ec.scheduler.max_running = 16;
+    ec.scheduler.max_tokens_per_step = 96;
+    qlm::Engine<qlm::GPT2Model<qlm::DenseLinear>> engine(model, pool(), ec);
+    std::mt19937 rng(12);
+    auto pick = [&](std::size_t lo, std::size_t hi) { return std::uniform_int_distribution<std::size_t>(lo, hi)(rng); };
+    std::vector<qlm::RequestId> live;
+    std::size_t added = 0, cancels = 0;
+    while (added < 10000) {
+        for (std::size_t n = pick(0, 12); n > 0 && added < 10000; --n, ++added) {
+            std::vector<std::int32_t> prompt(pick(1, 40));
+            for (auto& t : prompt) t = static_cast<std::int32_t>(pick(0, config.vocab_size - 1));
+            if (pick(0, 1))  // a shared first block for the prefix cache
+                for (std::size_t i = 0; i < std::min<std::size_t>(16, prompt.size()); ++i) prompt[i] = static_cast<std::int32_t>(i + 1);
+            qlm::SamplingParams p;
+            p.temperature = pick(0, 1) ? 0.0f : 1.0f;
+            p.seed = added;
+            p.max_tokens = pick(1, 20);
+            live.push_back(engine.add_request(std::move(prompt), p));
+        }
+        if (!live.empty() && pick(0, 3) == 0) {
+            const std::size_t i = pick(0, live.size() - 1);
+            engine.cancel(live[i]);
+            live[i] = live.back();
+            live.pop_back();
+            ++cancels;
+        }
+        engine.step();
+        if (live.size() > 256) live.erase(live.begin(), live.begin() + 128);  // old ids are mostly finished
+    }
+    const auto rest = engine.run_until_done();
+    (void)rest;
+    engine.check_invariants();
+    const auto stats = engine.stats();
+    CHECK(stats.requests_finished == 10000);
+    CHECK(stats.requests_cancelled > 100);
+    CHECK(stats.preemptions > 0);
+    CHECK(stats.prefix_skipped_tokens > 0);
+    const auto kv = engine.kv_cache().stats();
+    CHECK(kv.sequences == 0);
+    CHECK(kv.blocks_free == kv.blocks_total);
+    CHECK(kv.tokens_stored == 0);
+    MESSAGE("10,000 requests: ", stats.steps, " steps, ", stats.requests_cancelled, " cancelled, ", stats.preemptions, " preemptions");
 }

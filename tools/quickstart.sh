@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install-deps.sh
 cmake --preset release >/dev/null
-cmake --build --preset release -j "$(nproc)" --target qlm-generate qlm-quantize qlm-eval
+cmake --build --preset release -j "$(nproc)" --target qlm-generate qlm-quantize qlm-eval qlm-bench-serve
 bin=build/release/examples
 model=models/gpt2-tiny-kjv
 out="${QLM_QUICKSTART_OUT:-build/quickstart}"
@@ -48,3 +48,6 @@ args=()
 for i in "${!dirs[@]}"; do args+=(--model "${dirs[$i]}" --name "${names[$i]}"); done
 "$bin/qlm-eval" --report "${args[@]}" --json "$out/report.json" --markdown "$out/report.md"
 echo "report written to $out/report.json and $out/report.md"
+
+echo "== serving workload through the engine (bundled model, 48 requests behind a shared 64-token system prompt)"
+"$bin/qlm-bench-serve" --model "$model" --requests 48 --max-prompt 64 --max-output 48 --system-prompt 64

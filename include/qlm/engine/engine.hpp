@@ -370,7 +370,15 @@ private:
         const KVCacheStats kv = cache_.stats();
         const double usage = static_cast<double>(kv.tokens_stored) / static_cast<double>(kv.blocks_total * cache_type::page_size);
         stats_.kv_peak_usage = std::max(stats_.kv_peak_usage, usage);
+        const std::size_t running = scheduler_.running_count();
+        if (running == 0 || kv.token_slots == 0) return;
+        kv_samples_ += 1.0;
+        kv_utilisation_sum_ += kv.utilisation;
+        kv_contiguous_sum_ += static_cast<double>(kv.tokens_stored) / static_cast<double>(running * config_.scheduler.max_context);
+        stats_.kv_utilisation_mean = kv_utilisation_sum_ / kv_samples_;
+        stats_.kv_contiguous_utilisation_mean = kv_contiguous_sum_ / kv_samples_;
     }
+    double kv_samples_ = 0.0, kv_utilisation_sum_ = 0.0, kv_contiguous_sum_ = 0.0;
 
     void publish_stats() {
         EngineStats s = stats_;

@@ -84,6 +84,11 @@ struct EngineStats {
     double kv_usage = 0.0;          // tokens stored / token slots of the whole pool, after the last step
     double kv_peak_usage = 0.0;     // the largest kv_usage seen right after a forward pass
     double kv_utilisation = 1.0;    // tokens stored / token slots of the blocks in use
+    // Means over the forward passes so far (sampled right after each): the paged pool's
+    // utilisation, and what a contiguous cache reserving the whole context per running sequence
+    // would have had for the same sequences (tokens stored / (running x context)).
+    double kv_utilisation_mean = 1.0;
+    double kv_contiguous_utilisation_mean = 1.0;
     std::uint64_t kv_cow_copies = 0;
     std::uint64_t kv_evictions = 0;
     double busy_seconds = 0.0;  // time spent in steps that ran a batch

@@ -85,8 +85,9 @@ GenerationResult generate_on_engine(ThreadPool& pool, const GPT2Model<Linear>& m
     if (options.on_token) request.on_token = [&](RequestId, std::int32_t token) { options.on_token(token); };
     if (options.on_text) request.on_text = [&](RequestId, std::string_view text) { options.on_text(text); };
     const RequestId id = engine.add_request(prompt_tokens, params, std::move(request));
-    engine.run_until_done();
-    RequestOutput out = engine.wait(id);
+    std::vector<RequestOutput> outputs = engine.run_until_done();  // hands the results over
+    if (outputs.size() != 1 || outputs.front().id != id) throw error("qlm: generate: the engine returned no result");
+    RequestOutput out = std::move(outputs.front());
     if (out.finish_reason == RequestFinishReason::error) throw error("qlm: generation failed: " + out.error);
 
     GenerationResult result;
