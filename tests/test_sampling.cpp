@@ -352,6 +352,12 @@ TEST_CASE("top-k, top-p and min-p keep exactly the right sets, with the right pr
     }
 }
 
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool kSanitized = true;  // ~25x slower: fewer draws and configurations (the same checks)
+#else
+constexpr bool kSanitized = false;
+#endif
+
 TEST_CASE("top-p over a 50257-token vocabulary: the brute-force nucleus, ties to the lower id") {
     constexpr std::size_t V = 50257;
     // Flat: every token equally likely; ties rank by id, so the nucleus is ids 0 .. 45231 (0.9 * V = 45231.3).
@@ -362,12 +368,12 @@ TEST_CASE("top-p over a 50257-token vocabulary: the brute-force nucleus, ties to
         p.seed = 5;
         qlm::Sampler s(p);
         std::int32_t hi = 0;
-        for (int i = 0; i < 5000; ++i) {  // P(all 5000 below 45000) = e^-25.7
+        for (int i = 0; i < 2000; ++i) {  // P(all 2000 below 44500) = e^-32
             const auto t = s.sample(flat);
             REQUIRE(t < 45232);
             hi = std::max(hi, t);
         }
-        CHECK(hi > 45000);
+        CHECK(hi > 44500);
         p.top_k = 100;  // top-k's ties also go to the lower ids
         qlm::Sampler k(p);
         for (int i = 0; i < 2000; ++i) REQUIRE(k.sample(flat) < 90);  // 0.9 of 100
@@ -377,6 +383,7 @@ TEST_CASE("top-p over a 50257-token vocabulary: the brute-force nucleus, ties to
     for (const float sd : {1.0f, 2.5f, 4.0f}) {
         for (const float top_p : {0.5f, 0.9f, 0.97f}) {
             for (const float temperature : {0.7f, 1.0f, 1.3f}) {
+                if (kSanitized && temperature != 1.0f) continue;
                 const auto logits = normal_logits(V, sd, rng());
                 std::vector<std::int32_t> order(V);
                 std::iota(order.begin(), order.end(), 0);
@@ -401,7 +408,7 @@ TEST_CASE("top-p over a 50257-token vocabulary: the brute-force nucleus, ties to
                 p.seed = rng();
                 qlm::Sampler s(p);
                 std::map<std::int32_t, int> drawn;
-                constexpr int N = 1500;
+                constexpr int N = kSanitized ? 500 : 1500;
                 for (int i = 0; i < N; ++i) ++drawn[s.sample(logits)];
                 CAPTURE(sd);
                 CAPTURE(top_p);
