@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Compiles every qlm test (ASan flags, -Werror; the examples are compiled natively by the release
+# Compiles every qlm test (-O2, -Werror, no sanitizers: see CMakePresets.json; the examples are compiled natively by the release
 # stage, and compiling them again here would push CI past 45 minutes on 2 cores) for the x86 CPU
 # class this machine is not, without running anything: an AVX2-only machine still catches what
 # only an AVX-512 build shows (GCC 12's intrinsic false positives, target-attribute mismatches),
