@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 preset="${1:-release}"
-bash tools/install-deps.sh
+bash tools/install-deps.sh --tests
 jobs="$(nproc)"
 cmake --preset "$preset"
 cmake --build --preset "$preset" -j "$jobs"
