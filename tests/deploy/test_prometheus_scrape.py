@@ -31,10 +31,16 @@ def dashboard_queries():
     with open(REPO / "deploy" / "grafana" / "qlm-dashboard.json") as f:
         dashboard = json.load(f)
     queries = []
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    require(variables.get("datasource", {}).get("type") == "datasource"
+            and variables["datasource"].get("query") == "prometheus",
+            "the dashboard has no Prometheus data source variable")
 
     def walk(node):
         if isinstance(node, dict):
             for target in node.get("targets", []):
+                require(target.get("datasource", {}).get("uid") == "${datasource}",
+                        f"panel {node.get('title')!r} does not use the $datasource variable")
                 queries.append((node.get("title", "?"), target["expr"]))
             for value in node.values():
                 walk(value)
