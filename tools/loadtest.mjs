@@ -26,7 +26,7 @@ const usage = `usage: node tools/loadtest.mjs --url http://HOST:PORT [options]
   --model NAME          the "model" field (default: the first id of GET /v1/models)
   --api-key KEY         sent as "Authorization: Bearer KEY" (default: env QLM_API_KEY)
   --no-logprobs         do not ask for logprobs: 0 (then streamed tokens are not counted one by
-                        one, only usage is checked, and a model without a tokenizer streams no text)
+                        one: an event counts as one token for TTFT / ITL, and only usage is checked)
   --request-timeout S   a request not finished after S seconds fails (default 120)
   --deadline S          the whole run is aborted after S seconds, its unfinished requests fail (default 600)
   --json FILE           write the summary as JSON
@@ -127,8 +127,11 @@ async function streamCompletion(options, prompt, seed, signal) {
     if (event.error) throw new Error(`error event: ${JSON.stringify(event.error).slice(0, 200)}`);
     if (event.usage) usage = event.usage;
     for (const choice of event.choices ?? []) {
-      // Tokens this event carries: one a logprobs entry, or (without logprobs) one piece of text.
-      const tokens = options.logprobs ? (choice.logprobs?.tokens?.length ?? 0) : (choice.text ? 1 : 0);
+      // Tokens this event carries: one a logprobs entry; without logprobs, an event is taken for one
+      // token when it has text or, for token-id prompts (a model without a tokenizer streams empty
+      // text), when it is not the final event of its choice.
+      const tokens = options.logprobs ? (choice.logprobs?.tokens?.length ?? 0)
+        : choice.text || (options.promptIds && !choice.finish_reason) ? 1 : 0;
       if (tokens > 0) {
         if (r.ttft === null) r.ttft = (now - start) / 1000;
         // The gap since the previous event, shared by the tokens this one brought.
@@ -163,8 +166,8 @@ async function streamCompletion(options, prompt, seed, signal) {
     r.truncation = `${r.streamedTokens} tokens streamed, usage says ${usage.completion_tokens}`;
   else if (finishReason === 'length' && usage.completion_tokens !== options.maxTokens)
     r.truncation = `finish_reason length after ${usage.completion_tokens} of max_tokens ${options.maxTokens}`;
-  else if (!options.logprobs && usage.completion_tokens > 0 && r.streamedTokens === 0 && !options.promptIds)
-    r.truncation = `usage says ${usage.completion_tokens} tokens, no text streamed`;
+  else if (!options.logprobs && usage.completion_tokens > 0 && r.streamedTokens === 0)
+    r.truncation = `usage says ${usage.completion_tokens} tokens, nothing streamed`;
   r.ok = r.truncation === null;
   return r;
 }
