@@ -27,6 +27,7 @@ const usage = `usage: node tools/loadtest.mjs --url http://HOST:PORT [options]
   --api-key KEY         sent as "Authorization: Bearer KEY" (default: env QLM_API_KEY)
   --no-logprobs         do not ask for logprobs: 0 (then streamed tokens are not counted one by
                         one: an event counts as one token for TTFT / ITL, and only usage is checked)
+  --ramp-up S           client c starts at c/N x S seconds instead of all at once (default 0)
   --request-timeout S   a request not finished after S seconds fails (default 120)
   --deadline S          the whole run is aborted after S seconds, its unfinished requests fail (default 600)
   --json FILE           write the summary as JSON
@@ -176,7 +177,7 @@ async function main() {
   const o = parseArgs(process.argv.slice(2));
   if (o.help) { console.log(usage); return 0; }
   const known = new Set(['url', 'clients', 'requests', 'max-tokens', 'prompt-min', 'prompt-max', 'prompt-ids', 'vocab', 'temperature', 'seed',
-    'model', 'api-key', 'no-logprobs', 'request-timeout', 'deadline', 'json', 'quiet', 'help']);
+    'model', 'api-key', 'no-logprobs', 'ramp-up', 'request-timeout', 'deadline', 'json', 'quiet', 'help']);
   for (const k of Object.keys(o)) if (!known.has(k)) throw new Error(`unknown option --${k}`);
   if (!o.url) throw new Error('--url is required (e.g. http://127.0.0.1:8000)');
   const options = {
@@ -192,6 +193,7 @@ async function main() {
     seed: number(o, 'seed', 1, { integer: true, min: 0 }),
     apiKey: o['api-key'] ?? process.env.QLM_API_KEY,
     logprobs: !o['no-logprobs'],
+    rampUp: number(o, 'ramp-up', 0, { min: 0 }),
     requestTimeout: number(o, 'request-timeout', 120, { min: 0.001 }),
     deadline: number(o, 'deadline', 600, { min: 0.001 }),
     quiet: Boolean(o.quiet),
@@ -214,12 +216,14 @@ async function main() {
   if (!options.quiet)
     console.log(`loadtest: ${options.url}, model ${options.model}: ${options.clients} clients x ${options.requests} requests, ` +
       `prompts ${options.promptMin}..${options.promptMax} ${options.promptIds ? 'token ids' : 'words'}, max_tokens ${options.maxTokens}, ` +
-      `temperature ${options.temperature}, streaming${options.logprobs ? ', logprobs 0' : ''}`);
+      `temperature ${options.temperature}, streaming${options.logprobs ? ', logprobs 0' : ''}` +
+      (options.rampUp > 0 ? `, clients starting over ${options.rampUp} s` : ''));
 
   const results = [];
   const failures = new Map(), truncations = new Map();
   const start = performance.now();
   const client = async (c) => {
+    if (options.rampUp > 0) await new Promise((resolve) => setTimeout(resolve, (c / options.clients) * options.rampUp * 1000));
     for (let k = 0; k < options.requests; k++) {
       const index = c * options.requests + k;
       const signal = AbortSignal.any([deadline, AbortSignal.timeout(options.requestTimeout * 1000)]);
@@ -240,7 +244,7 @@ async function main() {
   const out = {
     url: options.url, model: options.model, clients: options.clients, requests_per_client: options.requests,
     max_tokens: options.maxTokens, prompt_min: options.promptMin, prompt_max: options.promptMax, prompt_ids: options.promptIds,
-    temperature: options.temperature, logprobs: options.logprobs, seed: options.seed,
+    temperature: options.temperature, logprobs: options.logprobs, seed: options.seed, ramp_up_seconds: options.rampUp,
     requests: results.length, succeeded: good.length, failed, truncated,
     failures: Object.fromEntries(failures), truncations: Object.fromEntries(truncations),
     seconds, generated_tokens: generated,
