@@ -22,6 +22,7 @@ command -v node > /dev/null || { echo "run-load-test: 'node' is not installed (D
 tmp="$(mktemp -d)"
 pid=""
 cleanup() {
+  [[ -n "${client:-}" ]] && kill -TERM "$client" 2> /dev/null
   if [[ -n "$pid" ]] && kill -0 "$pid" 2> /dev/null; then
     kill -TERM "$pid" 2> /dev/null || true
     for _ in $(seq 50); do kill -0 "$pid" 2> /dev/null || break; sleep 0.1; done
@@ -51,7 +52,10 @@ if [[ -z "$port" ]]; then
 fi
 
 status=0
-timeout 600 node "$loadtest" --url "http://127.0.0.1:$port" --json "$tmp/summary.json" "$@" || status=$?
+# In the background, so that a TERM to this script runs the cleanup at once, not after the client ends.
+timeout 600 node "$loadtest" --url "http://127.0.0.1:$port" --json "$tmp/summary.json" "$@" &
+client=$!
+wait "$client" || status=$?
 if [[ -n "${EXPECT_FAILED:-}" ]]; then
   failed="$(node -p "require('$tmp/summary.json').failed" 2> /dev/null || echo none)"
   if [[ "$status" == 1 && "$failed" == "$EXPECT_FAILED" ]]; then
