@@ -22,7 +22,7 @@ command -v node > /dev/null || { echo "run-load-test: 'node' is not installed (D
 tmp="$(mktemp -d)"
 pid=""
 cleanup() {
-  [[ -n "${client:-}" ]] && kill -TERM "$client" 2> /dev/null
+  [[ -n "${client:-}" ]] && kill -TERM "$client" 2> /dev/null || true
   if [[ -n "$pid" ]] && kill -0 "$pid" 2> /dev/null; then
     kill -TERM "$pid" 2> /dev/null || true
     for _ in $(seq 50); do kill -0 "$pid" 2> /dev/null || break; sleep 0.1; done
