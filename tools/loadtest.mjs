@@ -5,11 +5,12 @@
 // truncated ones (no [DONE], no finish_reason, no usage, fewer streamed tokens than usage says,
 // fewer tokens than max_tokens when finish_reason is "length"), and prints the aggregate
 // throughput, TTFT and inter-token latency percentiles (from the arrival times of the server-sent
-// events). Exit status 0 only with zero failed and zero truncated requests. Node 20, no
+// events). Exit status 0 only with zero failed and zero truncated requests. Node 18 or later, no
 // dependencies (the built-in fetch). docs/clients.md.
 //
 //   node tools/loadtest.mjs --url http://127.0.0.1:8000 --clients 128 --requests 3 --max-tokens 64
 //   node tools/loadtest.mjs --url ... --prompt-ids --vocab 50257   # models without a tokenizer
+import { setMaxListeners } from 'node:events';
 import { writeFileSync } from 'node:fs';
 
 const usage = `usage: node tools/loadtest.mjs --url http://HOST:PORT [options]
@@ -83,6 +84,16 @@ function makePrompt(random, options) {
   if (options.promptIds) return Array.from({ length }, () => Math.floor(random() * (options.vocab - 1)));
   const text = Array.from({ length }, () => words[Math.floor(random() * words.length)]).join(' ');
   return text.charAt(0).toUpperCase() + text.slice(1);
+}
+
+// AbortSignal.any is Node >= 20.3; Debian 12's nodejs is 18.
+function anySignal(signals) {
+  const controller = new AbortController();
+  for (const s of signals) {
+    if (s.aborted) { controller.abort(s.reason); break; }
+    s.addEventListener('abort', () => controller.abort(s.reason), { once: true });
+  }
+  return controller.signal;
 }
 
 function percentile(sorted, p) {
@@ -201,10 +212,11 @@ async function main() {
   if (options.promptMax < options.promptMin) throw new Error('--prompt-max must be >= --prompt-min');
 
   const deadline = AbortSignal.timeout(options.deadline * 1000);
+  setMaxListeners(0, deadline);  // every request listens to it
   options.model = o.model;
   if (!options.model) {
     const headers = options.apiKey ? { authorization: `Bearer ${options.apiKey}` } : {};
-    const res = await fetch(`${options.url}/v1/models`, { headers, signal: AbortSignal.any([deadline, AbortSignal.timeout(30_000)]) });
+    const res = await fetch(`${options.url}/v1/models`, { headers, signal: anySignal([deadline, AbortSignal.timeout(30_000)]) });
     if (res.status !== 200) throw new Error(`GET /v1/models: HTTP ${res.status}: ${(await res.text()).slice(0, 200)}`);
     options.model = (await res.json()).data?.[0]?.id;
     if (!options.model) throw new Error('GET /v1/models listed no model');
@@ -226,7 +238,7 @@ async function main() {
     if (options.rampUp > 0) await new Promise((resolve) => setTimeout(resolve, (c / options.clients) * options.rampUp * 1000));
     for (let k = 0; k < options.requests; k++) {
       const index = c * options.requests + k;
-      const signal = AbortSignal.any([deadline, AbortSignal.timeout(options.requestTimeout * 1000)]);
+      const signal = anySignal([deadline, AbortSignal.timeout(options.requestTimeout * 1000)]);
       const r = await streamCompletion(options, prompts[index], options.seed * 1_000_003 + index, signal);
       results.push(r);
       if (r.failure) failures.set(r.failure, (failures.get(r.failure) ?? 0) + 1);
