@@ -479,10 +479,10 @@ private:
             "text/event-stream",
             [this, job, state](std::size_t, httplib::DataSink& sink) { return stream_step(*job, *state, sink); },
             [this, job, state](bool success) {
-                if (!success || !state->done) cancel(*job->channel);  // the client went away: free its KV blocks
-                if (!state->done) {
-                    g_context.error = "client disconnected";
-                    g_context.error_kind = "client_disconnected";
+                // Runs when httplib lets go of the response, after the log line: count here.
+                if (!success || !state->done) {
+                    cancel(*job->channel);  // the client went away: free its KV blocks
+                    errors_->inc({"client_disconnected"});
                 }
                 forget(job->channel);
             });
@@ -660,7 +660,9 @@ private:
 
     static bool send_event(httplib::DataSink& sink, const std::string& data) {
         const std::string event = "data: " + data + "\n\n";
-        return sink.write(event.data(), event.size());
+        if (sink.write(event.data(), event.size())) return true;
+        g_context.error = "client disconnected";  // for the log line
+        return false;
     }
 
     // One call writes what arrived since the last; returns false to drop the connection.
@@ -712,7 +714,7 @@ private:
         json deltas = json::array();
         for (std::size_t i = 0; i < taken.size(); ++i) {
             auto& t = taken[i];
-            if (!t.text.empty() || (r.logprobs >= 0 && !t.logprobs.empty())) {
+            if (!t.text.empty() || !t.logprobs.empty()) {  // without a tokenizer: an empty delta a token
                 json lp = nullptr;
                 if (r.logprobs >= 0) lp = chat ? qlm::serve::chat_logprobs(t.logprobs, text_of) : qlm::serve::completion_logprobs(t.logprobs, text_of, st.offsets[i]);
                 st.offsets[i] += t.text.size();
