@@ -5,6 +5,8 @@
 #include <qlm/core/error.hpp>
 
 #include <algorithm>
+#include <charconv>
+#include <system_error>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -19,16 +21,13 @@ namespace qlm::serve {
 
 namespace detail {
 
-// A sample value: integers exactly, others with enough digits to read back the same double.
+// A sample value: the shortest text that reads back as the same double (0.1, not 0.1000000000000000055).
 inline std::string format_value(double v) {
     if (std::isnan(v)) return "NaN";
     if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
     char buf[64];
-    if (v == std::floor(v) && std::fabs(v) < 1e15)
-        std::snprintf(buf, sizeof buf, "%.0f", v);
-    else
-        std::snprintf(buf, sizeof buf, "%.17g", v);
-    return buf;
+    const auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+    return ec == std::errc() ? std::string(buf, end) : std::to_string(v);
 }
 
 // Label values escape backslash, double quote and newline; HELP text backslash and newline.
