@@ -499,19 +499,26 @@ def part_lifecycle():
         # the log line (and its count) follows the last byte the client read
         check(wait_until(lambda: metric(s.metrics(), "qlm_errors_total", kind="timeout") == 2, 5), "timeouts counted")
 
+        # token counts that take about a second here (sanitizer builds are many times slower)
+        t0 = time.monotonic()
+        s.post("/v1/completions", {"prompt": [1, 2, 3], "max_tokens": 5, "temperature": 0, "logit_bias": NO_EOS})
+        per_token = (time.monotonic() - t0) / 5
+        short = max(3, min(60, int(1.2 / per_token)))
+        print("slow server: %.0f ms a token; requests of %d tokens" % (1e3 * per_token, short), flush=True)
+
         # bounded queue: one running, one waiting, the rest 429 with Retry-After
         results = []
         lock = threading.Lock()
 
         def one():
-            r = s.post("/v1/completions", {"prompt": [1, 2, 3], "max_tokens": 25, "temperature": 0, "logit_bias": NO_EOS})
+            r = s.post("/v1/completions", {"prompt": [1, 2, 3], "max_tokens": short, "temperature": 0, "logit_bias": NO_EOS})
             with lock:
                 results.append(r)
 
         threads = [threading.Thread(target=one) for _ in range(2)]
         for t in threads:
             t.start()
-            time.sleep(0.3)
+            time.sleep(0.1)
         wait_until(lambda: metric(s.metrics(), "qlm_requests_waiting") >= 1, 10)
         st, h, b = s.post("/v1/completions", {"prompt": [1, 2, 3], "max_tokens": 2})
         check(st == 429 and h.get("retry-after") == "1" and is_error_body(b), "queue full -> 429 Retry-After: 1 (%s %r)" % (st, b))
@@ -524,7 +531,7 @@ def part_lifecycle():
 
         # SIGTERM drain: the request in flight finishes, /ready 503, new requests 503, exit 0
         long_result = []
-        t = threading.Thread(target=lambda: long_result.append(s.post("/v1/completions", {"prompt": [1, 2, 3], "max_tokens": 20, "temperature": 0, "logit_bias": NO_EOS}, timeout=60)))
+        t = threading.Thread(target=lambda: long_result.append(s.post("/v1/completions", {"prompt": [1, 2, 3], "max_tokens": 2 * short, "temperature": 0, "logit_bias": NO_EOS}, timeout=60)))
         t.start()
         check(wait_until(lambda: metric(s.metrics(), "qlm_requests_running") == 1, 10), "long request running")
         s.proc.send_signal(signal.SIGTERM)
@@ -534,7 +541,7 @@ def part_lifecycle():
         check(st == 503 and is_error_body(b), "new requests get 503 while draining (%s)" % st)
         check(s.request("GET", "/health")[0] == 200, "/health stays 200 while draining")
         t.join(60)
-        check(long_result and long_result[0][0] == 200 and long_result[0][2]["usage"]["completion_tokens"] == 20,
+        check(long_result and long_result[0][0] == 200 and long_result[0][2]["usage"]["completion_tokens"] == 2 * short,
               "the request in flight completed: %r" % (long_result[0][:1] if long_result else None))
         try:
             rc = s.proc.wait(30)
