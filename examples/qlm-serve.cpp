@@ -34,6 +34,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <vector>
 
@@ -148,11 +149,19 @@ public:
     int run() {
         engine_thread_ = std::thread([this] { engine_loop(); });
         setup_routes();
+        // httplib (Debian's build) listens with a backlog of 5: 128 clients connecting at once would
+        // see resets. Keep the listening socket's fd, and listen again with a real backlog.
+        int listen_fd = -1;
+        http_.set_socket_options([&listen_fd](socket_t sock) {
+            httplib::default_socket_options(sock);
+            listen_fd = sock;
+        });
         const int port = options_.port == 0 ? http_.bind_to_any_port(options_.host) : (http_.bind_to_port(options_.host, options_.port) ? options_.port : -1);
         if (port < 0) {
             stop_engine();
             throw qlm::io_error("cannot listen on " + options_.host + ":" + std::to_string(options_.port));
         }
+        if (listen_fd >= 0) ::listen(listen_fd, 4096);  // the kernel caps it at net.core.somaxconn
         std::thread watcher([this] { watch_signals(); });
         std::printf("qlm-serve: listening on http://%s:%d\n", options_.host.c_str(), port);
         std::fflush(stdout);
