@@ -3,7 +3,7 @@
 # test suite's real peers need (Python for the HTTP tests, Prometheus and promtool, nginx, yamllint,
 # kubectl for kustomize, Node.js and npm for the OpenAI SDK and load tests). Only what is missing.
 set -euo pipefail
-packages=(cmake g++ make libxsimd-dev doctest-dev libbenchmark-dev nlohmann-json3-dev libcpp-httplib-dev)
+packages=(cmake g++ make libxsimd-dev doctest-dev libbenchmark-dev nlohmann-json3-dev libcpp-httplib-dev pkg-config)
 if [ "${1:-}" = "--tests" ]; then
   packages+=(python3 prometheus nginx yamllint)
   # kubectl (for `kubectl kustomize`) may come from elsewhere (Google Cloud SDK's package, which

@@ -27,6 +27,8 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <limits>
+#include <cmath>
 #include <mutex>
 #include <optional>
 #include <span>
@@ -62,6 +64,12 @@ struct EngineConfig {
 
 struct RequestOptions {
     int priority = 0;  // PriorityScheduling: lower runs first
+    // >= 0: each kept generated token's log-probability under the model (log-softmax of the raw
+    // logits, before penalties and temperature, as vLLM reports them) and this many most likely
+    // alternatives, in RequestOutput::logprobs and on_logprob. -1: not computed (it costs a pass
+    // over the vocabulary per token).
+    int logprobs = -1;
+    std::function<void(RequestId, const TokenLogprob&)> on_logprob;  // before on_token, for each kept token
     // Called on the stepping thread: for each generated token, and once with the finished result.
     std::function<void(RequestId, std::int32_t)> on_token;
     std::function<void(RequestId, std::string_view)> on_text;  // each piece of released text, as it is released (needs a decoder)
@@ -126,7 +134,7 @@ public:
         out.reserve(finished_.size());
         for (auto& [id, o] : finished_) {
             out.push_back(std::move(o));
-            taken_.insert(id);
+            mark_taken(id);
         }
         finished_.clear();
         std::sort(out.begin(), out.end(), [](const RequestOutput& a, const RequestOutput& b) { return a.id < b.id; });
@@ -138,12 +146,12 @@ public:
     // already handed over by poll() or wait().
     RequestOutput wait(RequestId id) {
         std::unique_lock lock(mutex_);
-        if (id == 0 || id >= next_id_ || taken_.count(id))
+        if (id == 0 || id >= next_id_ || is_taken(id))
             throw invalid_argument("qlm: wait(" + std::to_string(id) + "): no such request, or its result was already taken");
         done_.wait(lock, [&] { return finished_.count(id) != 0; });
         RequestOutput out = std::move(finished_.at(id));
         finished_.erase(id);
-        taken_.insert(id);
+        mark_taken(id);
         return out;
     }
 
@@ -305,7 +313,9 @@ private:
             a.output.timings.first_token = now;
             a.output.ttft = std::chrono::duration<double>(now - a.output.timings.arrival).count();
         }
-        if (const auto reason = on_token(a, token, now))
+        std::optional<TokenLogprob> logprob;
+        if (a.options.logprobs >= 0) logprob = token_logprob(logits, token, static_cast<std::size_t>(a.options.logprobs));
+        if (const auto reason = on_token(a, token, now, logprob))
             finish(id, *reason);
         else
             scheduler_.append_token(id, token);
@@ -315,7 +325,8 @@ private:
     // (EOS, stop token ids, stop strings, min_tokens and max_tokens are SequenceOutput's rules, as in
     // qlm::generate), the kept token reaches the output and the token callback, and a full context
     // ends the request. Returns the reason when the request ends.
-    std::optional<RequestFinishReason> on_token(Active& a, std::int32_t token, clock::time_point now) {
+    std::optional<RequestFinishReason> on_token(Active& a, std::int32_t token, clock::time_point now,
+                                                const std::optional<TokenLogprob>& logprob) {
         RequestOutput& out = a.output;
         a.sampler.accept(token);
         const SequenceOutput::Step step = a.sequence.append(token);
@@ -324,6 +335,10 @@ private:
             out.tokens.push_back(token);
             out.timings.token_seconds.push_back(std::chrono::duration<double>(now - out.timings.arrival).count());
             ++stats_.generated_tokens;
+            if (logprob) {
+                out.logprobs.push_back(*logprob);
+                if (a.options.on_logprob) a.options.on_logprob(out.id, *logprob);
+            }
             if (a.options.on_token) a.options.on_token(out.id, token);
         }
         if (step.finished) return to_request_reason(step.reason);
@@ -364,6 +379,35 @@ private:
         }
         active_.erase(it);
         done_.notify_all();
+    }
+
+    // log-softmax of the raw logits at `token`, and the `top` most likely ids with theirs.
+    static TokenLogprob token_logprob(std::span<const float> logits, std::int32_t token, std::size_t top) {
+        float max = -std::numeric_limits<float>::infinity();
+        for (const float l : logits) max = std::max(max, l);
+        double sum = 0.0;
+        for (const float l : logits) sum += std::exp(static_cast<double>(l - max));
+        const double log_norm = static_cast<double>(max) + std::log(sum);
+        TokenLogprob lp{token, static_cast<float>(logits[static_cast<std::size_t>(token)] - log_norm), {}};
+        top = std::min(top, logits.size());
+        for (std::size_t i = 0; i < logits.size() && top > 0; ++i) {  // a small sorted list: top is at most a few
+            const float v = logits[i];
+            if (lp.top.size() == top && v <= lp.top.back().second) continue;
+            auto at = std::find_if(lp.top.begin(), lp.top.end(), [&](const auto& e) { return v > e.second; });
+            lp.top.insert(at, {static_cast<std::int32_t>(i), v});
+            if (lp.top.size() > top) lp.top.pop_back();
+        }
+        for (auto& [id, l] : lp.top) l = static_cast<float>(l - log_norm);
+        return lp;
+    }
+
+    // Handed-over ids: every id below taken_below_, and those in taken_ above it. Results are
+    // mostly taken in id order, so the set stays as small as the requests in flight (a server runs
+    // for months).
+    bool is_taken(RequestId id) const { return id < taken_below_ || taken_.count(id) != 0; }
+    void mark_taken(RequestId id) {
+        taken_.insert(id);
+        while (taken_.erase(taken_below_)) ++taken_below_;
     }
 
     void note_kv_usage() {
@@ -424,6 +468,7 @@ private:
     std::size_t unfinished_ = 0;
     std::unordered_map<RequestId, RequestOutput> finished_;
     std::unordered_set<RequestId> taken_;
+    RequestId taken_below_ = 1;
     EngineStats published_;
 };
 

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace qlm {
@@ -53,6 +54,13 @@ struct RequestTimings {
     }
 };
 
+// A generated token's log-probability, and the most likely alternatives (RequestOptions::logprobs).
+struct TokenLogprob {
+    std::int32_t token = 0;
+    float logprob = 0.0f;
+    std::vector<std::pair<std::int32_t, float>> top;  // {id, logprob}, most likely first
+};
+
 struct RequestOutput {
     RequestId id = 0;
     std::vector<std::int32_t> prompt_tokens;
@@ -64,6 +72,7 @@ struct RequestOutput {
     RequestTimings timings;
     std::size_t prefix_cached_tokens = 0;  // prompt tokens the prefix cache spared (over all admissions)
     std::size_t preemptions = 0;
+    std::vector<TokenLogprob> logprobs;  // one per kept token, with RequestOptions::logprobs >= 0
 };
 
 struct EngineStats {
