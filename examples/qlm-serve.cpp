@@ -517,9 +517,10 @@ private:
                 if (auto c = weak.lock()) {
                     std::lock_guard lock(c->mutex);
                     c->at(id).logprobs.push_back(lp);
+                    c->changed.notify_all();  // without a tokenizer this is the token's only event
                 }
             };
-        if (!tokenizer_)  // no text: stream token counts through on_token
+        else if (!tokenizer_)  // no text and no logprobs: stream each token as an empty logprob entry
             opts.on_token = [weak](qlm::RequestId id, std::int32_t) {
                 if (auto c = weak.lock()) {
                     std::lock_guard lock(c->mutex);

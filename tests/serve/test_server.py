@@ -463,6 +463,24 @@ def part_streaming():
         events = stream(s, "/v1/completions", dict(req, stream=True, logprobs=2))
         toks = sum(((json.loads(e)["choices"][0]["logprobs"] or {"tokens": []})["tokens"] for e in events[:-1]), [])
         check(len(toks) == 24, "streamed logprobs: one entry a token (%d)" % len(toks))
+    # Random weights, no tokenizer: token-id prompts only, one event a token, logprobs counted once.
+    with Server("--threads", "1", "--shape", "tiny", "--method", "fp32") as s:
+        req = {"prompt": [1, 2, 3], "max_tokens": 6, "temperature": 0}
+        status, _, whole = s.post("/v1/completions", req)
+        check(status == 200, "token-id prompt without a tokenizer: %r" % (whole,))
+        n = whole["usage"]["completion_tokens"]
+        for logprobs in (None, 0, 2):
+            body = dict(req, stream=True) if logprobs is None else dict(req, stream=True, logprobs=logprobs)
+            events = stream(s, "/v1/completions", body)
+            chunks = [json.loads(e) for e in events[:-1]]
+            per_token = [c for c in chunks if c["choices"] and not c["choices"][0]["finish_reason"]]
+            # An event carries the tokens generated since the last one (often one, several if the client lags).
+            check(1 <= len(per_token) <= n, "no tokenizer, logprobs %r: %d events for %d tokens" % (logprobs, len(per_token), n))
+            if logprobs is not None:
+                lp = sum((c["choices"][0]["logprobs"]["token_logprobs"] for c in per_token), [])
+                check(len(lp) == n and all(v <= 0.0 for v in lp), "no tokenizer, logprobs %r: one log-probability a token: %r" % (logprobs, lp))
+        status, _, body = s.post("/v1/completions", {"prompt": "text", "max_tokens": 2})
+        check(status == 400 and is_error_body(body), "a text prompt without a tokenizer is a 400: %r" % (body,))
 
 
 
