@@ -9,8 +9,10 @@
 
 #include <cctype>
 #include <cstddef>
+#include <fstream>
 #include <optional>
 #include <string>
+#include <utility>
 
 namespace qlm::cli {
 
@@ -71,6 +73,21 @@ inline std::optional<QuantizeOptions> quantize_options(const std::string& v) {
                                "w<bits>a8g<group> such as w4a8g128)");
     }
     return o;
+}
+
+// The float weights turned into the variant `v` names (quantized as quantize_options says, or fp32 as
+// they are).
+inline GPT2Model<AnyLinear> variant_model(ThreadPool& pool, GPT2FloatWeights weights, const std::string& v) {
+    const auto options = quantize_options(v);
+    return options ? quantize_gpt2(pool, std::move(weights), *options).model : to_any_linear(std::move(weights));
+}
+
+// /proc/cpuinfo's "model name", for the tools' banners and reports.
+inline std::string cpu_name() {
+    std::ifstream in("/proc/cpuinfo");
+    for (std::string line; std::getline(in, line);)
+        if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+    return "unknown CPU";
 }
 
 }  // namespace qlm::cli

@@ -14,7 +14,6 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
-#include <fstream>
 #include <random>
 #include <string>
 #include <thread>
@@ -134,13 +133,6 @@ Row run(const std::string& mode, const Model& model, qlm::ThreadPool& pool, cons
     return row;
 }
 
-std::string cpu_name() {
-    std::ifstream in("/proc/cpuinfo");
-    for (std::string line; std::getline(in, line);)
-        if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-    return "unknown CPU";
-}
-
 }  // namespace
 
 int main(int argc, char** argv) try {
@@ -182,8 +174,7 @@ int main(int argc, char** argv) try {
     if (system + max_prompt + max_output > cfg.n_positions)
         throw qlm::invalid_argument("--system-prompt + --max-prompt + --max-output = " + std::to_string(system + max_prompt + max_output) +
                                     " exceeds the model's context of " + std::to_string(cfg.n_positions));
-    const auto options = qlm::cli::quantize_options(method);
-    const auto model = options ? qlm::quantize_gpt2(pool, std::move(weights), *options).model : qlm::to_any_linear(std::move(weights));
+    const auto model = qlm::cli::variant_model(pool, std::move(weights), method);
     const Workload w = make_workload(requests, system, max_prompt, max_output, rate, cfg.vocab_size, seed);
 
     qlm::EngineConfig config;
@@ -197,7 +188,7 @@ int main(int argc, char** argv) try {
     for (std::size_t i = 0; i < requests; ++i) prompt_tokens += w.prompts[i].size(), output_tokens += w.max_tokens[i];
     std::printf("qlm-bench-serve: %s, %zu layers, n_embd %zu, method %s; %s, %s (%zu threads; shared machine)\n",
                 model_dir.empty() ? ("random weights, shape " + shape).c_str() : model_dir.c_str(), cfg.n_layer, cfg.n_embd,
-                method.c_str(), cpu_name().c_str(), qlm::cpu::isa_name(qlm::cpu::best_isa()), pool.size());
+                method.c_str(), qlm::cli::cpu_name().c_str(), qlm::cpu::isa_name(qlm::cpu::best_isa()), pool.size());
     char arrivals[64] = "all at once";
     if (rate > 0) std::snprintf(arrivals, sizeof arrivals, "Poisson arrivals, %g requests/s", rate);
     std::printf("workload: %zu requests, system prompt %zu + 1..%zu tokens (%zu prompt tokens), 1..%zu new tokens (%zu), %s; "

@@ -168,8 +168,7 @@ int main(int argc, char** argv) try {
         const std::size_t comma = std::min(variants.find(',', at), variants.size());
         const std::string v = variants.substr(at, comma - at);
         at = comma + 1;
-        const auto options = qlm::cli::quantize_options(v);
-        auto model = options ? qlm::quantize_gpt2(pool, weights, *options).model : qlm::to_any_linear(weights);
+        auto model = qlm::cli::variant_model(pool, weights, v);  // a copy of the weights for each variant
         qlm::ForwardProfile decode_profile;
         const auto speed = qlm::measure_speed(pool, model, prompt_tokens, decode_tokens, reps, profile ? &decode_profile : nullptr);
         if (v == "fp32" || base.decode_tokens_per_second == 0.0) base = speed;

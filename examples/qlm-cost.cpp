@@ -63,13 +63,6 @@ struct Measurement {
     std::string model, cpu, isa;
 };
 
-std::string cpu_name() {
-    std::ifstream in("/proc/cpuinfo");
-    for (std::string line; std::getline(in, line);)
-        if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-    return "unknown CPU";
-}
-
 // All requests at once, greedy, EOS ignored so every request generates exactly `tokens`: the
 // steady state of a busy replica. One untimed warm-up request first (first-touch of the weights).
 Measurement measure_throughput(const qlm::cli::Args& args) {
@@ -89,8 +82,7 @@ Measurement measure_throughput(const qlm::cli::Args& args) {
     if (prompt_tokens + tokens > cfg.n_positions)
         throw qlm::invalid_argument("--measure-prompt + --measure-tokens = " + std::to_string(prompt_tokens + tokens) +
                                     " exceeds the model's context of " + std::to_string(cfg.n_positions));
-    const auto options = qlm::cli::quantize_options(method);
-    const auto model = options ? qlm::quantize_gpt2(pool, std::move(weights), *options).model : qlm::to_any_linear(std::move(weights));
+    const auto model = qlm::cli::variant_model(pool, std::move(weights), method);
 
     qlm::EngineConfig config;
     const std::size_t block_bytes = qlm::KVBlockLayout<16>{cfg.n_layer, cfg.n_embd}.bytes();
@@ -129,7 +121,7 @@ Measurement measure_throughput(const qlm::cli::Args& args) {
     m.tokens_per_second = static_cast<double>(m.generated) / m.seconds;
     m.threads = pool.size();
     m.model = (model_dir.empty() ? "random weights of GPT-2 " + shape + " shape" : model_dir) + ", " + method;
-    m.cpu = cpu_name();
+    m.cpu = qlm::cli::cpu_name();
     m.isa = qlm::cpu::isa_name(qlm::cpu::best_isa());
     return m;
 }

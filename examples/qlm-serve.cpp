@@ -871,9 +871,7 @@ int main(int argc, char** argv) try {
     std::optional<Model> model;
     if (random_weights) {
         qlm::ThreadPool pool(threads);
-        auto weights = qlm::random_gpt2_weights(qlm::cli::shape_config(shape), 1);
-        const auto q = qlm::cli::quantize_options(method);
-        model.emplace(q ? qlm::quantize_gpt2(pool, std::move(weights), *q).model : qlm::to_any_linear(std::move(weights)));
+        model.emplace(qlm::cli::variant_model(pool, qlm::random_gpt2_weights(qlm::cli::shape_config(shape), 1), method));
         if (o.served_name.empty()) o.served_name = "gpt2-" + shape + "-random-" + method;
     } else {
         model.emplace(qlm::load_any_checkpoint(model_dir).model);

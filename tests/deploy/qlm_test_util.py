@@ -11,6 +11,7 @@ import select
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +27,15 @@ class TestFailure(Exception):
 def require(condition, message):
     if not condition:
         raise TestFailure(message)
+
+
+def run_main(main):
+    """Exits with main()'s status; a failed require() prints FAIL: and exits 1."""
+    try:
+        sys.exit(main())
+    except TestFailure as failure:
+        print(f"FAIL: {failure}", file=sys.stderr)
+        sys.exit(1)
 
 
 def free_port():

@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from qlm_test_util import (BUNDLED_MODEL, REPO, Processes, TestFailure, free_port, metric_sum, request, require,
+from qlm_test_util import (run_main, BUNDLED_MODEL, REPO, Processes, TestFailure, free_port, metric_sum, request, require,
                            scrape, wait_until)
 
 REPLICAS = 3
@@ -209,8 +209,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except TestFailure as failure:
-        print(f"FAIL: {failure}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main)

@@ -9,7 +9,7 @@ import re
 import sys
 import tempfile
 
-from qlm_test_util import BUNDLED_MODEL, REPO, Processes, TestFailure, request, require, scrape
+from qlm_test_util import run_main, BUNDLED_MODEL, REPO, Processes, request, require, scrape
 
 METRIC = re.compile(r"\b(qlm_[a-z0-9_]+|process_start_time_seconds)\b")
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
@@ -118,8 +118,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except TestFailure as failure:
-        print(f"FAIL: {failure}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main)

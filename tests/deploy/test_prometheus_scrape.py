@@ -8,13 +8,12 @@ panel fails here).
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 import urllib.parse
 from pathlib import Path
 
-from qlm_test_util import (BUNDLED_MODEL, REPO, Processes, TestFailure, free_port, get_json, request, require,
+from qlm_test_util import (run_main, BUNDLED_MODEL, REPO, Processes, TestFailure, free_port, get_json, request, require,
                            wait_until)
 
 GENERATION_REQUESTS = 3
@@ -162,8 +161,4 @@ scrape_configs:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except TestFailure as failure:
-        print(f"FAIL: {failure}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main)
