@@ -41,13 +41,15 @@
 
 namespace qlm {
 
-// A model the engine can drive: a GPT-2 shaped config and a batched forward pass over sequence
-// chunks appended to their KV sequences, one logits row per chunk.
+// A model the engine can drive: a GPT-2 shaped config, a backend (its context, workspace and KV
+// memory) and a batched forward pass over sequence chunks appended to their KV sequences, one
+// logits row per chunk, on the host.
 template <class M, class Seq>
 concept BatchedLanguageModel =
-    requires(const M& m, ThreadPool& pool, std::span<const SequenceChunk<Seq>> chunks, ForwardWorkspace& ws) {
+    BackendKVMemory<typename M::backend_type> &&
+    requires(const M& m, typename M::context_type& ctx, std::span<const SequenceChunk<Seq>> chunks, typename M::workspace_type& ws) {
         { m.config() } -> std::convertible_to<const GPT2Config&>;
-        m.forward(pool, chunks, ws, LogitsFor::last_token);
+        m.forward(ctx, chunks, ws, LogitsFor::last_token);
     };
 
 template <class S>
@@ -84,9 +86,14 @@ public:
     using cache_type = typename Sched::cache_type;
     using clock = std::chrono::steady_clock;
 
-    Engine(const Model& model, ThreadPool& pool, EngineConfig config = {})
-        : model_(model), pool_(pool), config_(with_context(config, model.config())),
-          cache_(KVCacheConfig{model.config().n_layer, model.config().n_embd, kv_bytes(config_)}),
+    using backend_type = typename Model::backend_type;
+    using context_type = typename Model::context_type;
+
+    // The KV pool lives in the backend's memory (host RAM, or device memory for CUDA), sized by
+    // config.kv_cache_bytes or a fraction of what that memory has free.
+    Engine(const Model& model, context_type& ctx, EngineConfig config = {})
+        : model_(model), pool_(ctx), config_(with_context(config, model.config())),
+          cache_(KVCacheConfig{model.config().n_layer, model.config().n_embd, kv_bytes(ctx, config_), backend_type::kv_memory(ctx)}),
           scheduler_(cache_, config_.scheduler), total_blocks_(cache_.total_blocks()) {
         published_.kv_blocks_total = total_blocks_;
     }
@@ -246,8 +253,8 @@ private:
         c.scheduler.validate();
         return c;
     }
-    static std::size_t kv_bytes(const EngineConfig& c) {
-        return c.kv_cache_bytes ? c.kv_cache_bytes : kv_budget_from_available_memory(c.kv_memory_fraction);
+    static std::size_t kv_bytes(context_type& ctx, const EngineConfig& c) {
+        return c.kv_cache_bytes ? c.kv_cache_bytes : backend_type::kv_budget_bytes(ctx, c.kv_memory_fraction);
     }
 
     std::vector<RequestId> add(std::vector<std::int32_t> prompt, const SamplingParams& params, std::size_t n, RequestOptions options) {
@@ -446,14 +453,14 @@ private:
     }
 
     const Model& model_;
-    ThreadPool& pool_;
+    context_type& pool_;
     EngineConfig config_;
     cache_type cache_;
     Sched scheduler_;
     const std::size_t total_blocks_;
 
     // The stepping thread's state.
-    ForwardWorkspace ws_;
+    typename Model::workspace_type ws_;
     std::vector<SequenceChunk<typename cache_type::Sequence>> chunks_;
     std::unordered_map<RequestId, Active> active_;
     EngineStats stats_;

@@ -63,8 +63,8 @@ using DecodeFn = Decoder;
 // One request on an Engine whose KV pool holds exactly this sequence (prompt + max_tokens, at most
 // the context). max_tokens beyond the context ends with `length` when the context is full, as
 // before the engine, instead of the engine's refusal at admission.
-template <LinearLayer Linear>
-GenerationResult generate_on_engine(ThreadPool& pool, const GPT2Model<Linear>& model, std::vector<std::int32_t> prompt_tokens,
+template <LinearLayer Linear, class Backend>
+GenerationResult generate_on_engine(typename Backend::context& pool, const GPT2Model<Linear, Backend>& model, std::vector<std::int32_t> prompt_tokens,
                                     const GenerateOptions& options, const DecodeFn& decode) {
     using Sched = Scheduler<ContinuousBatching>;
     const auto& cfg = model.config();
@@ -79,7 +79,7 @@ GenerationResult generate_on_engine(ThreadPool& pool, const GPT2Model<Linear>& m
     config.scheduler.max_running = 1;
     config.scheduler.max_tokens_per_step = std::max<std::size_t>(prompt_tokens.size(), 1);  // the prompt in one prefill step
     config.scheduler.prefix_caching = false;
-    Engine<GPT2Model<Linear>, Sched> engine(model, pool, config);
+    Engine<GPT2Model<Linear, Backend>, Sched> engine(model, pool, config);
 
     RequestOptions request;
     if (options.on_token) request.on_token = [&](RequestId, std::int32_t token) { options.on_token(token); };
@@ -110,8 +110,8 @@ GenerationResult generate_on_engine(ThreadPool& pool, const GPT2Model<Linear>& m
 // result.text stays empty and stop strings are refused. Each step samples with the request's
 // Sampler (penalties over the prompt and the accepted tokens) and hands the token to a
 // SequenceOutput, which decides whether the sequence ends and releases its text incrementally.
-template <LinearLayer Linear>
-GenerationResult generate_from_ids(ThreadPool& pool, const GPT2Model<Linear>& model, std::vector<std::int32_t> prompt_tokens,
+template <LinearLayer Linear, class Backend>
+GenerationResult generate_from_ids(typename Backend::context& pool, const GPT2Model<Linear, Backend>& model, std::vector<std::int32_t> prompt_tokens,
                                    const GenerateOptions& options, const DecodeFn& decode) {
     using clock = std::chrono::steady_clock;
     const auto& cfg = model.config();
@@ -126,8 +126,8 @@ GenerationResult generate_from_ids(ThreadPool& pool, const GPT2Model<Linear>& mo
     result.prompt_tokens = std::move(prompt_tokens);
 
     Sampler sampler(params, result.prompt_tokens, options.eos_token_id);
-    ForwardWorkspace ws;
-    ContiguousKVCache cache(cfg.n_layer, cfg.n_positions, cfg.n_embd);
+    typename Backend::workspace ws;
+    ContiguousKVCache cache(cfg.n_layer, cfg.n_positions, cfg.n_embd, Backend::kv_memory(pool));
     std::vector<std::int32_t> context = result.prompt_tokens;
 
     const auto t0 = clock::now();
@@ -166,8 +166,8 @@ GenerationResult generate_from_ids(ThreadPool& pool, const GPT2Model<Linear>& mo
 }  // namespace detail
 
 // Generates from a text prompt; an empty prompt starts from the EOS token (GPT-2's BOS).
-template <LinearLayer Linear, TextTokenizer Tokenizer>
-GenerationResult generate(ThreadPool& pool, const GPT2Model<Linear>& model, const Tokenizer& tokenizer,
+template <LinearLayer Linear, class Backend, TextTokenizer Tokenizer>
+GenerationResult generate(typename Backend::context& pool, const GPT2Model<Linear, Backend>& model, const Tokenizer& tokenizer,
                           std::string_view prompt, const GenerateOptions& options) {
     std::vector<std::int32_t> ids = tokenizer.encode(prompt);
     if (ids.empty()) ids.push_back(options.eos_token_id);
@@ -176,8 +176,8 @@ GenerationResult generate(ThreadPool& pool, const GPT2Model<Linear>& model, cons
 
 // Generates from prompt token ids (each in [0, vocab_size), at least one), with a tokenizer for
 // the result's text and stop strings.
-template <LinearLayer Linear, TextTokenizer Tokenizer>
-GenerationResult generate(ThreadPool& pool, const GPT2Model<Linear>& model, const Tokenizer& tokenizer,
+template <LinearLayer Linear, class Backend, TextTokenizer Tokenizer>
+GenerationResult generate(typename Backend::context& pool, const GPT2Model<Linear, Backend>& model, const Tokenizer& tokenizer,
                           std::span<const std::int32_t> prompt, const GenerateOptions& options) {
     return detail::generate_from_ids(pool, model, {prompt.begin(), prompt.end()}, options, make_decoder(tokenizer));
 }
@@ -185,8 +185,8 @@ GenerationResult generate(ThreadPool& pool, const GPT2Model<Linear>& model, cons
 // Generates from prompt token ids without a tokenizer: result.tokens holds the generated ids and
 // result.text stays empty; stop strings are refused (invalid_argument). Any checkpoint runs this
 // way, whatever its tokenizer files, and can be compared with another implementation id for id.
-template <LinearLayer Linear>
-GenerationResult generate(ThreadPool& pool, const GPT2Model<Linear>& model, std::span<const std::int32_t> prompt,
+template <LinearLayer Linear, class Backend>
+GenerationResult generate(typename Backend::context& pool, const GPT2Model<Linear, Backend>& model, std::span<const std::int32_t> prompt,
                           const GenerateOptions& options) {
     return detail::generate_from_ids(pool, model, {prompt.begin(), prompt.end()}, options, {});
 }

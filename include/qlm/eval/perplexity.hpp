@@ -45,8 +45,8 @@ inline double negative_log_likelihood(std::span<const float> logits, std::int32_
     return std::log(sum) + max_logit - static_cast<double>(logits[static_cast<std::size_t>(target)]);
 }
 
-template <LinearLayer Linear>
-PerplexityResult perplexity(ThreadPool& pool, const GPT2Model<Linear>& model, std::span<const std::int32_t> tokens,
+template <LinearLayer Linear, class Backend>
+PerplexityResult perplexity(typename Backend::context& pool, const GPT2Model<Linear, Backend>& model, std::span<const std::int32_t> tokens,
                             PerplexityOptions options = {}) {
     const auto& cfg = model.config();
     const std::size_t max_length = options.max_length ? options.max_length : cfg.n_positions;
@@ -67,8 +67,8 @@ PerplexityResult perplexity(ThreadPool& pool, const GPT2Model<Linear>& model, st
     result.tokens = tokens.size();
     result.max_length = max_length;
     result.stride = stride;
-    ContiguousKVCache cache(cfg.n_layer, max_length, cfg.n_embd);
-    ForwardWorkspace ws;
+    ContiguousKVCache cache(cfg.n_layer, max_length, cfg.n_embd, Backend::kv_memory(pool));
+    typename Backend::workspace ws;
     std::size_t previous_end = 0;
     for (std::size_t begin = 0; begin < tokens.size(); begin += stride) {
         const std::size_t end = std::min(begin + max_length, tokens.size());

@@ -18,8 +18,8 @@ struct SpeedResult {
     std::size_t prompt_tokens = 0, decode_tokens = 0;
 };
 
-template <LinearLayer Linear>
-SpeedResult measure_speed(ThreadPool& pool, const GPT2Model<Linear>& model, std::size_t prompt_tokens, std::size_t decode_tokens,
+template <LinearLayer Linear, class Backend>
+SpeedResult measure_speed(typename Backend::context& pool, const GPT2Model<Linear, Backend>& model, std::size_t prompt_tokens, std::size_t decode_tokens,
                           int repetitions = 3, ForwardProfile* decode_profile = nullptr) {
     using clock = std::chrono::steady_clock;
     const auto& c = model.config();
@@ -28,8 +28,8 @@ SpeedResult measure_speed(ThreadPool& pool, const GPT2Model<Linear>& model, std:
                                " tokens does not fit the context of " + std::to_string(c.n_positions));
     std::vector<std::int32_t> prompt(prompt_tokens);
     for (std::size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<std::int32_t>((i * 7919 + 13) % c.vocab_size);
-    ContiguousKVCache cache(c.n_layer, c.n_positions, c.n_embd);
-    ForwardWorkspace ws;
+    ContiguousKVCache cache(c.n_layer, c.n_positions, c.n_embd, Backend::kv_memory(pool));
+    typename Backend::workspace ws;
     auto run = [&](std::size_t p, std::size_t d, ForwardProfile* profile = nullptr) {
         cache.clear();
         ws.profile = nullptr;
@@ -66,8 +66,8 @@ SpeedResult measure_speed(ThreadPool& pool, const GPT2Model<Linear>& model, std:
 // sequence), then decode_tokens steps in which every sequence adds one token in a single forward
 // pass of `sequences` rows (what continuous batching runs at steady state). Returns aggregate
 // tokens per second of the decode steps (median of repetitions).
-template <LinearLayer Linear>
-double measure_batched_decode(ThreadPool& pool, const GPT2Model<Linear>& model, std::size_t sequences, std::size_t prompt_tokens,
+template <LinearLayer Linear, class Backend>
+double measure_batched_decode(typename Backend::context& pool, const GPT2Model<Linear, Backend>& model, std::size_t sequences, std::size_t prompt_tokens,
                               std::size_t decode_tokens, int repetitions = 3) {
     using clock = std::chrono::steady_clock;
     const auto& c = model.config();
@@ -77,9 +77,9 @@ double measure_batched_decode(ThreadPool& pool, const GPT2Model<Linear>& model, 
                                std::to_string(c.n_positions));
     std::vector<ContiguousKVCache> caches;
     caches.reserve(sequences);
-    for (std::size_t s = 0; s < sequences; ++s) caches.emplace_back(c.n_layer, prompt_tokens + decode_tokens, c.n_embd);
+    for (std::size_t s = 0; s < sequences; ++s) caches.emplace_back(c.n_layer, prompt_tokens + decode_tokens, c.n_embd, Backend::kv_memory(pool));
     std::vector<std::int32_t> prompt(prompt_tokens), next(sequences);
-    ForwardWorkspace ws;
+    typename Backend::workspace ws;
     std::vector<double> rates;
     for (int r = 0; r < std::max(1, repetitions); ++r) {
         for (std::size_t s = 0; s < sequences; ++s) {

@@ -9,6 +9,7 @@
 #include <qlm/kv/block_pool.hpp>
 #include <qlm/kv/kv_view.hpp>
 #include <qlm/kv/memory_budget.hpp>
+#include <qlm/kv/pool_memory.hpp>
 
 #include <algorithm>
 #include <cstddef>
@@ -27,6 +28,7 @@ struct KVCacheConfig {
     std::size_t n_layer = 0;
     std::size_t n_embd = 0;
     std::size_t bytes = 0;  // budget for the key/value data (bookkeeping adds ~40 + 4·PageSize bytes a block)
+    std::shared_ptr<KVPoolMemory> memory{};  // where the data lives; null: host memory
 };
 
 // Where a position's rows sit inside a block: [layer][K, V][slot][n_embd] floats. A position's key
@@ -112,7 +114,8 @@ public:
 
     explicit KVCache(const KVCacheConfig& config)
         : layout_{validated(config).n_layer, config.n_embd}, pool_(blocks_in_budget(config)),
-          storage_(::operator new[](pool_.size() * layout_.bytes(), std::align_val_t{kTensorAlignment})) {}
+          memory_(config.memory ? config.memory : std::make_shared<HostPoolMemory>()),
+          storage_(memory_->allocate(pool_.size() * layout_.bytes()), StorageFree{memory_.get()}) {}
     // Sequence handles point at the cache: it stays where it was made.
     KVCache(const KVCache&) = delete;
     KVCache& operator=(const KVCache&) = delete;
@@ -368,8 +371,8 @@ private:
             const BlockId copy = pool_.allocate();
             const std::size_t n = filled(s, j) * layout_.n_embd;
             for (std::size_t seg = 0; seg < 2 * layout_.n_layer; ++seg)
-                std::memcpy(block_data(copy) + seg * PageSize * layout_.n_embd, block_data(old) + seg * PageSize * layout_.n_embd,
-                            n * sizeof(float));
+                memory_->copy(block_data(copy) + seg * PageSize * layout_.n_embd, block_data(old) + seg * PageSize * layout_.n_embd,
+                              n * sizeof(float));
             pool_.release(old);
             s.table[j] = copy;
             ++cow_copies_;
@@ -389,7 +392,12 @@ private:
 
     KVBlockLayout<PageSize> layout_;
     detail::BlockPool<PageSize, Hasher> pool_;
-    std::unique_ptr<void, detail::AlignedFree> storage_;  // uninitialised: pages are touched as blocks fill
+    struct StorageFree {
+        KVPoolMemory* memory;
+        void operator()(void* p) const noexcept { memory->deallocate(p); }
+    };
+    std::shared_ptr<KVPoolMemory> memory_;
+    std::unique_ptr<void, StorageFree> storage_;
     std::vector<SequenceState> seqs_;
     std::vector<std::uint32_t> free_ids_;
     [[no_unique_address]] Hasher hasher_{};
