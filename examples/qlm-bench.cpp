@@ -2,6 +2,7 @@
 // variants, measured in one process (random weights of a chosen shape, or a checkpoint). With
 // --write-random-model it writes those random weights as a Hugging Face GPT-2 folder instead, so other
 // engines (llama.cpp, through tools/hf_to_gguf_gpt2.py) can run the very same model.
+#include "cli_device.hpp"
 #include "cli_model.hpp"
 
 #include <qlm/eval/size_report.hpp>
@@ -36,8 +37,9 @@ const char* kUsage = R"(usage: qlm-bench [options]
                        w8a8 (int8 per channel, int8 activations), wNgG (N-bit RTN, groups of G, float
                        activations), wNa8gG (the same with int8 activations per token)
   --profile            print where decode time goes (per operation) and the bandwidth reached
-  --batch N            also measure batched decode: N sequences (each prefilled with the prompt) adding
+  --batch N[,N...]     also measure batched decode: N sequences (each prefilled with the prompt) adding
                        one token each per forward pass for --decode-tokens steps, aggregate tokens/s
+  --device D           cpu (default), cuda or cuda:N (builds with the CUDA backend)
   --write-random-model DIR
                        write the random weights of --shape (the model benchmarked without --model)
                        to DIR as a Hugging Face GPT-2 folder (config.json, model.safetensors in
@@ -153,13 +155,14 @@ int main(int argc, char** argv) try {
         throw qlm::invalid_argument("prompt + decode tokens exceed the context of " + std::to_string(weights.config.n_positions));
     const std::string variants = args.get("variants", "fp32,bf16,w8a8,w4g128,w4a8g128,w3a8g128");
     const bool profile = args.has("profile");
-    const std::size_t batch = args.number<std::size_t>("batch", 0);
+    const std::vector<std::size_t> batches = qlm::cli::count_list("batch", args.get("batch", ""));
+    const qlm::cli::DeviceChoice device = qlm::cli::parse_device(args.get("device", "cpu"));
     args.reject_unknown();
     qlm::ThreadPool pool(threads);
     const auto& c = weights.config;
-    std::printf("qlm-bench: %s, %zu layers, n_embd %zu, vocab %zu, %zu threads, prompt %zu, decode %zu, median of %d\n",
+    std::printf("qlm-bench: %s, %zu layers, n_embd %zu, vocab %zu, %s, prompt %zu, decode %zu, median of %d\n",
                 model_dir.empty() ? ("random weights, shape " + shape).c_str() : model_dir.c_str(), c.n_layer, c.n_embd,
-                c.vocab_size, pool.size(), prompt_tokens, decode_tokens, reps);
+                c.vocab_size, device.cuda ? "CUDA" : qlm::cli::device_name(pool).c_str(), prompt_tokens, decode_tokens, reps);
     std::printf("%-10s %10s %12s %14s %14s %10s %10s\n", "weights", "size MB", "linear B/w", "prefill tok/s", "decode tok/s",
                 "prefill x", "decode x");
     qlm::SpeedResult base{};
@@ -169,32 +172,37 @@ int main(int argc, char** argv) try {
         const std::string v = variants.substr(at, comma - at);
         at = comma + 1;
         auto model = qlm::cli::variant_model(pool, weights, v);  // a copy of the weights for each variant
-        qlm::ForwardProfile decode_profile;
-        const auto speed = qlm::measure_speed(pool, model, prompt_tokens, decode_tokens, reps, profile ? &decode_profile : nullptr);
-        if (v == "fp32" || base.decode_tokens_per_second == 0.0) base = speed;
         const auto size = qlm::size_report(model);
-        std::printf("%-10s %10.1f %12.3f %14.1f %14.1f %10.2f %10.2f\n", v.c_str(), size.total_bytes() / 1e6,
-                    size.linear_bytes_per_weight(), speed.prefill_tokens_per_second, speed.decode_tokens_per_second,
-                    speed.prefill_tokens_per_second / base.prefill_tokens_per_second,
-                    speed.decode_tokens_per_second / base.decode_tokens_per_second);
-        if (batch) {
-            const double rate = qlm::measure_batched_decode(pool, model, batch, prompt_tokens, decode_tokens, reps);
-            std::printf("  batched decode, %zu sequences: %.1f tokens/s aggregate\n", batch, rate);
-        }
-        if (profile) {
-            // Decode reads every linear weight and the tied head (wte) once per token.
-            const double head_bytes = model.tied_head() ? static_cast<double>(model.tied_head()->weight_bytes())
-                                                        : static_cast<double>(model.wte().bytes());
-            const double bytes_per_token = static_cast<double>(size.linear_bytes) + head_bytes;
-            std::printf("  decode profile (%zu tokens, %.2f ms/token; weights %.1f MB/token -> %.1f GB/s):\n", decode_tokens,
-                        1e3 * decode_profile.total() / static_cast<double>(decode_tokens), bytes_per_token / 1e6,
-                        bytes_per_token * speed.decode_tokens_per_second / 1e9);
-            for (int op = 0; op < qlm::ForwardProfile::count; ++op)
-                if (decode_profile.seconds[op] > 0)
-                    std::printf("    %-14s %8.3f ms/token %6.1f%%\n", qlm::ForwardProfile::names[op],
-                                1e3 * decode_profile.seconds[op] / static_cast<double>(decode_tokens),
-                                100.0 * decode_profile.seconds[op] / decode_profile.total());
-        }
+        // Decode reads every linear weight and the tied head (wte) once per token.
+        const double head_bytes = model.tied_head() ? static_cast<double>(model.tied_head()->weight_bytes())
+                                                    : static_cast<double>(model.wte().bytes());
+        const double bytes_per_token = static_cast<double>(size.linear_bytes) + head_bytes;
+        qlm::cli::on_device(device, pool, std::move(model), [&](auto& ctx, const auto& on_device) {
+            qlm::ForwardProfile decode_profile;
+            const auto speed = qlm::measure_speed(ctx, on_device, prompt_tokens, decode_tokens, reps, profile ? &decode_profile : nullptr);
+            if (v == "fp32" || base.decode_tokens_per_second == 0.0) base = speed;
+            std::printf("%-10s %10.1f %12.3f %14.1f %14.1f %10.2f %10.2f\n", v.c_str(), size.total_bytes() / 1e6,
+                        size.linear_bytes_per_weight(), speed.prefill_tokens_per_second, speed.decode_tokens_per_second,
+                        speed.prefill_tokens_per_second / base.prefill_tokens_per_second,
+                        speed.decode_tokens_per_second / base.decode_tokens_per_second);
+            const double gbs = bytes_per_token * speed.decode_tokens_per_second / 1e9;
+            if (const double peak = qlm::cli::peak_bandwidth_gbs(ctx); peak > 0)
+                std::printf("  decode reads %.1f MB of weights a token: %.1f GB/s, %.1f%% of the device's %.0f GB/s\n", bytes_per_token / 1e6,
+                            gbs, 100.0 * gbs / peak, peak);
+            for (const std::size_t batch : batches) {
+                const double rate = qlm::measure_batched_decode(ctx, on_device, batch, prompt_tokens, decode_tokens, reps);
+                std::printf("  batched decode, %zu sequences: %.1f tokens/s aggregate\n", batch, rate);
+            }
+            if (profile) {
+                std::printf("  decode profile (%zu tokens, %.2f ms/token; weights %.1f MB/token -> %.1f GB/s):\n", decode_tokens,
+                            1e3 * decode_profile.total() / static_cast<double>(decode_tokens), bytes_per_token / 1e6, gbs);
+                for (int op = 0; op < qlm::ForwardProfile::count; ++op)
+                    if (decode_profile.seconds[op] > 0)
+                        std::printf("    %-14s %8.3f ms/token %6.1f%%\n", qlm::ForwardProfile::names[op],
+                                    1e3 * decode_profile.seconds[op] / static_cast<double>(decode_tokens),
+                                    100.0 * decode_profile.seconds[op] / decode_profile.total());
+            }
+        });
         std::fflush(stdout);
     }
     return 0;

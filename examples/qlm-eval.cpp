@@ -2,6 +2,7 @@
 // models side by side: size, compression, prefill / decode speed, perplexity and its degradation
 // against the first model (the baseline, normally the fp32 original).
 #include "cli.hpp"
+#include "cli_device.hpp"
 
 #include <qlm/eval/perplexity.hpp>
 #include <qlm/eval/size_report.hpp>
@@ -32,6 +33,7 @@ const char* kUsage = R"(usage: qlm-eval --model DIR [--model DIR ...] [options]
   --prompt-tokens N    speed test prompt length (default 128, at most half the context)
   --decode-tokens N    speed test decode steps (default 64, at least 1)
   --threads N          default: all cores
+  --device D           cpu (default), cuda or cuda:N (builds with the CUDA backend)
 )";
 
 struct Row {
@@ -66,6 +68,7 @@ int main(int argc, char** argv) try {
     std::size_t prompt_tokens = args.number<std::size_t>("prompt-tokens", 128);
     const std::size_t decode_tokens = args.number<std::size_t>("decode-tokens", 64);
     const std::size_t threads = args.threads();
+    const qlm::cli::DeviceChoice device = qlm::cli::parse_device(args.get("device", "cpu"));
     args.reject_unknown();
     if (report && decode_tokens == 0)
         throw qlm::invalid_argument("option --decode-tokens: 0 steps measure no decode speed, and the report compares it; give at least 1");
@@ -73,42 +76,46 @@ int main(int argc, char** argv) try {
     qlm::ThreadPool pool(threads);
     const auto tokenizer = qlm::GPT2Tokenizer::from_directory(models.front());
     const std::vector<std::int32_t> tokens = tokenizer.encode(qlm::calibration::read_text(text_path));
-    std::fprintf(stderr, "qlm-eval: %s: %zu tokens, %zu threads\n", text_path.c_str(), tokens.size(), pool.size());
+    std::fprintf(stderr, "qlm-eval: %s: %zu tokens, %s\n", text_path.c_str(), tokens.size(),
+                 device.cuda ? "CUDA" : qlm::cli::device_name(pool).c_str());
 
     std::vector<Row> rows;
     for (std::size_t i = 0; i < models.size(); ++i) {
-        const auto loaded = qlm::load_any_checkpoint(models[i]);
-        const auto& model = loaded.model;
+        auto loaded = qlm::load_any_checkpoint(models[i]);
         Row row;
         row.path = models[i];
         row.name = i < names.size() ? names[i] : std::filesystem::path(models[i]).filename().string();
         row.method = loaded.info.method;
         const bool float_method = row.method == "fp32" || row.method == "fp16" || row.method == "bf16";  // their scheme fields are unused
         row.scheme = float_method ? row.method : qlm::to_string(loaded.info.weights);
-        qlm::PerplexityOptions po;
-        po.max_length = max_length;
-        po.stride = stride;
-        const auto ppl = qlm::perplexity(pool, model, tokens, po);
-        row.perplexity = ppl.perplexity;
-        row.scored_tokens = ppl.scored_tokens;
-        row.max_length = ppl.max_length;
-        row.stride = ppl.stride;
-        row.seconds = ppl.seconds;
         if (report) {
-            const auto size = qlm::size_report(model);
+            const auto size = qlm::size_report(loaded.model);
             row.size_mb = size.total_bytes() / 1e6;
             row.compression = size.compression();
-            prompt_tokens = std::min(prompt_tokens, model.config().n_positions / 2);
-            const auto speed = qlm::measure_speed(pool, model, prompt_tokens, decode_tokens);
-            row.prefill = speed.prefill_tokens_per_second;
-            row.decode = speed.decode_tokens_per_second;
+            prompt_tokens = std::min(prompt_tokens, loaded.model.config().n_positions / 2);
         }
+        qlm::cli::on_device(device, pool, std::move(loaded.model), [&](auto& ctx, const auto& model) {
+            qlm::PerplexityOptions po;
+            po.max_length = max_length;
+            po.stride = stride;
+            const auto ppl = qlm::perplexity(ctx, model, tokens, po);
+            row.perplexity = ppl.perplexity;
+            row.scored_tokens = ppl.scored_tokens;
+            row.max_length = ppl.max_length;
+            row.stride = ppl.stride;
+            row.seconds = ppl.seconds;
+            if (report) {
+                const auto speed = qlm::measure_speed(ctx, model, prompt_tokens, decode_tokens);
+                row.prefill = speed.prefill_tokens_per_second;
+                row.decode = speed.decode_tokens_per_second;
+            }
+        });
         std::fprintf(stderr, "  %-20s perplexity %.4f (%zu tokens scored, window %zu, stride %zu, %.1f s)\n", row.name.c_str(),
-                     row.perplexity, ppl.scored_tokens, ppl.max_length, ppl.stride, ppl.seconds);
+                     row.perplexity, row.scored_tokens, row.max_length, row.stride, row.seconds);
         rows.push_back(row);
     }
 
-    nlohmann::json json = {{"text", text_path}, {"tokens", tokens.size()}, {"threads", pool.size()}, {"models", nlohmann::json::array()}};
+    nlohmann::json json = {{"text", text_path}, {"tokens", tokens.size()}, {"threads", pool.size()}, {"device", device.cuda ? "cuda" : "cpu"}, {"models", nlohmann::json::array()}};
     if (!report) {
         std::string md = "| model | method | scheme | perplexity | tokens scored | window | stride |\n|---|---|---|---:|---:|---:|---:|\n";
         for (const auto& r : rows) {

@@ -1,6 +1,7 @@
 // qlm-generate: load a GPT-2 checkpoint (the bundled model by default) and generate text, or
 // token ids (--prompt-ids / --print-ids: any checkpoint, with or without usable tokenizer files).
 #include "cli.hpp"
+#include "cli_device.hpp"
 
 #include <qlm/engine/generate.hpp>
 #include <qlm/model/interop.hpp>
@@ -42,6 +43,7 @@ const char* kUsage = R"(usage: qlm-generate [options]
   --min-tokens N      no EOS, stop token or stop string ends the output before N tokens (default 0)
   --ignore-eos        generate past the end-of-text token
   --threads N         default: all cores
+  --device D          cpu (default), cuda or cuda:N (builds with the CUDA backend)
   --no-cache          recompute the whole prefix every step (no KV cache)
   --compare-cache     generate with and without the KV cache and report the speed-up
   --quiet             print only the generated text (or ids)
@@ -90,7 +92,10 @@ std::int32_t parse_id(const std::string& option, const std::string& item) {
 
 std::string ids_text(const std::vector<std::int32_t>& ids) {
     std::string out;
-    for (std::size_t i = 0; i < ids.size(); ++i) out += (i ? "," : "") + std::to_string(ids[i]);
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+        if (i) out += ',';  // appends only: GCC 12's false -Wrestrict on "literal" + std::string
+        out += std::to_string(ids[i]);
+    }
     return out;
 }
 
@@ -126,14 +131,14 @@ int main(int argc, char** argv) try {
     options.sampling.stop = args.all("stop");
     options.sampling.validate();
     const std::size_t threads = args.threads();
+    const qlm::cli::DeviceChoice device = qlm::cli::parse_device(args.get("device", "cpu"));
     const bool quiet = args.has("quiet");
     const bool compare = args.has("compare-cache");
     options.cache = args.has("no-cache") ? qlm::CacheMode::recompute : qlm::CacheMode::kv_cache;
     args.reject_unknown();
 
     const auto t0 = std::chrono::steady_clock::now();
-    const auto loaded = qlm::load_any_checkpoint(model_dir);
-    const auto& model = loaded.model;
+    auto loaded = qlm::load_any_checkpoint(model_dir);
     std::optional<qlm::GPT2Tokenizer> tokenizer;
     if (!prompt_ids || !print_ids || !options.sampling.stop.empty()) {
         try {
@@ -143,61 +148,62 @@ int main(int argc, char** argv) try {
         }
     }
     const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    options.eos_token_id = model.config().eos_token_id;
+    options.eos_token_id = loaded.model.config().eos_token_id;
     qlm::ThreadPool pool(threads);
-
-    auto run = [&](const qlm::GenerateOptions& o) {
-        if (!prompt_ids) return qlm::generate(pool, model, *tokenizer, prompt, o);
-        return tokenizer ? qlm::generate(pool, model, *tokenizer, *prompt_ids, o) : qlm::generate(pool, model, *prompt_ids, o);
-    };
-    if (!quiet) {
-        const auto& c = model.config();
-        std::fprintf(stderr, "qlm-generate: %s: %zu layers, %zu heads, n_embd %zu, context %zu, %s (%s), %.1f MB, loaded in %.2f s, %zu threads\n",
-                     model_dir.c_str(), c.n_layer, c.n_head, c.n_embd, c.n_positions, loaded.info.method.c_str(),
-                     loaded.info.method == "fp32" ? "fp32" : qlm::to_string(loaded.info.weights).c_str(),
-                     model.parameter_bytes() / 1e6, load_seconds, pool.size());
-        if (print_ids) {
-            options.on_token = [first = true](std::int32_t token) mutable {
-                std::printf("%s%d", first ? "" : ",", token);
+    return qlm::cli::on_device(device, pool, std::move(loaded.model), [&](auto& ctx, const auto& model) {
+        auto run = [&](const qlm::GenerateOptions& o) {
+            if (!prompt_ids) return qlm::generate(ctx, model, *tokenizer, prompt, o);
+            return tokenizer ? qlm::generate(ctx, model, *tokenizer, *prompt_ids, o) : qlm::generate(ctx, model, *prompt_ids, o);
+        };
+        if (!quiet) {
+            const auto& c = model.config();
+            std::fprintf(stderr, "qlm-generate: %s: %zu layers, %zu heads, n_embd %zu, context %zu, %s (%s), %.1f MB, loaded in %.2f s, %s\n",
+                         model_dir.c_str(), c.n_layer, c.n_head, c.n_embd, c.n_positions, loaded.info.method.c_str(),
+                         loaded.info.method == "fp32" ? "fp32" : qlm::to_string(loaded.info.weights).c_str(),
+                         model.parameter_bytes() / 1e6, load_seconds, qlm::cli::device_name(ctx).c_str());
+            if (print_ids) {
+                options.on_token = [first = true](std::int32_t token) mutable {
+                    std::printf("%s%d", first ? "" : ",", token);
+                    std::fflush(stdout);
+                    first = false;
+                };
+            } else {
+                std::printf("%s", prompt_ids ? tokenizer->decode(*prompt_ids).c_str() : prompt.c_str());
                 std::fflush(stdout);
-                first = false;
-            };
-        } else {
-            std::printf("%s", prompt_ids ? tokenizer->decode(*prompt_ids).c_str() : prompt.c_str());
-            std::fflush(stdout);
-            options.on_text = [](std::string_view delta) {  // released text: whole UTF-8 characters, stop strings cut
-                std::fwrite(delta.data(), 1, delta.size(), stdout);
-                std::fflush(stdout);
-            };
+                options.on_text = [](std::string_view delta) {  // released text: whole UTF-8 characters, stop strings cut
+                    std::fwrite(delta.data(), 1, delta.size(), stdout);
+                    std::fflush(stdout);
+                };
+            }
         }
-    }
-    const auto result = run(options);
-    if (quiet) {
-        if (print_ids)
-            std::printf("%s\n", ids_text(result.tokens).c_str());
-        else
-            std::printf("%s%s\n", prompt_ids ? tokenizer->decode(*prompt_ids).c_str() : prompt.c_str(), result.text.c_str());
-    } else {
-        std::printf("\n");
-        std::fprintf(stderr, "\nprompt: %zu tokens, %.1f tokens/s | generated: %zu tokens, %.1f tokens/s (%s) | finish: %s\n",
-                     result.prompt_tokens.size(), result.prefill_tokens_per_second(), result.tokens.size(),
-                     result.decode_tokens_per_second(), options.cache == qlm::CacheMode::kv_cache ? "KV cache" : "no cache",
-                     qlm::to_string(result.finish_reason));
-    }
-    if (compare) {
-        auto other = options;
-        other.on_token = nullptr;
-        other.on_text = nullptr;
-        other.cache = options.cache == qlm::CacheMode::kv_cache ? qlm::CacheMode::recompute : qlm::CacheMode::kv_cache;
-        const auto second = run(other);
-        const auto& cached = options.cache == qlm::CacheMode::kv_cache ? result : second;
-        const auto& uncached = options.cache == qlm::CacheMode::kv_cache ? second : result;
-        std::fprintf(stderr, "KV cache: %.1f tokens/s, no cache: %.1f tokens/s, speed-up %.1fx over %zu tokens; same tokens: %s\n",
-                     cached.decode_tokens_per_second(), uncached.decode_tokens_per_second(),
-                     cached.decode_tokens_per_second() / uncached.decode_tokens_per_second(), cached.tokens.size(),
-                     cached.tokens == uncached.tokens ? "yes" : "no");
-    }
-    return 0;
+        const auto result = run(options);
+        if (quiet) {
+            if (print_ids)
+                std::printf("%s\n", ids_text(result.tokens).c_str());
+            else
+                std::printf("%s%s\n", prompt_ids ? tokenizer->decode(*prompt_ids).c_str() : prompt.c_str(), result.text.c_str());
+        } else {
+            std::printf("\n");
+            std::fprintf(stderr, "\nprompt: %zu tokens, %.1f tokens/s | generated: %zu tokens, %.1f tokens/s (%s) | finish: %s\n",
+                         result.prompt_tokens.size(), result.prefill_tokens_per_second(), result.tokens.size(),
+                         result.decode_tokens_per_second(), options.cache == qlm::CacheMode::kv_cache ? "KV cache" : "no cache",
+                         qlm::to_string(result.finish_reason));
+        }
+        if (compare) {
+            auto other = options;
+            other.on_token = nullptr;
+            other.on_text = nullptr;
+            other.cache = options.cache == qlm::CacheMode::kv_cache ? qlm::CacheMode::recompute : qlm::CacheMode::kv_cache;
+            const auto second = run(other);
+            const auto& cached = options.cache == qlm::CacheMode::kv_cache ? result : second;
+            const auto& uncached = options.cache == qlm::CacheMode::kv_cache ? second : result;
+            std::fprintf(stderr, "KV cache: %.1f tokens/s, no cache: %.1f tokens/s, speed-up %.1fx over %zu tokens; same tokens: %s\n",
+                         cached.decode_tokens_per_second(), uncached.decode_tokens_per_second(),
+                         cached.decode_tokens_per_second() / uncached.decode_tokens_per_second(), cached.tokens.size(),
+                         cached.tokens == uncached.tokens ? "yes" : "no");
+        }
+        return 0;
+    });
 } catch (const std::exception& e) {
     return qlm::cli::fail("qlm-generate", e);
 }

@@ -6,8 +6,10 @@
 // enqueue (Engine::add_request is thread-safe) and write responses. The engine's callbacks (on the
 // engine thread) only append to the request's Channel under its mutex and notify; the worker thread
 // that owns the request drains it, so a slow client never holds up the engine.
+#include "cli_device.hpp"
 #include "cli_model.hpp"
 
+#include <qlm/backend/cuda/nvml.hpp>
 #include <qlm/engine/engine.hpp>
 #include <qlm/model/interop.hpp>
 #include <qlm/serve/auth.hpp>
@@ -34,6 +36,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <vector>
@@ -48,6 +51,7 @@ const char* kUsage = R"(usage: qlm-serve [options]
   --host ADDR               default 127.0.0.1
   --port N                  default 8000; 0: a free port (printed in the listening line)
   --threads N               compute threads (default: all cores)
+  --device D                cpu (default), cuda or cuda:N (builds with the CUDA backend)
   --http-threads N          HTTP worker threads, one per open connection (default 256)
   --max-running N           sequences a step may run (default 64)
   --max-tokens-per-step N   token budget of a step (default 512)
@@ -67,8 +71,7 @@ using clock_type = std::chrono::steady_clock;
 using qlm::serve::ApiError;
 using qlm::serve::Endpoint;
 using qlm::serve::json;
-using Model = qlm::GPT2Model<qlm::AnyLinear>;
-using EngineType = qlm::Engine<Model>;
+using HostModel = qlm::GPT2Model<qlm::AnyLinear>;
 
 std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
@@ -136,12 +139,20 @@ struct Options {
     std::string served_name;
 };
 
+// The server on one backend: CpuBackend (the context is the thread pool) or CudaBackend (the
+// context is the GPU; the model moves there when the server starts).
+template <class Backend>
 class Server {
+    using Model = qlm::GPT2Model<qlm::AnyLinear, Backend>;
+    using EngineType = qlm::Engine<Model>;
+
 public:
-    Server(Model model, std::optional<qlm::GPT2Tokenizer> tokenizer, std::size_t threads, qlm::EngineConfig config, Options options,
-           qlm::serve::ApiKeys keys, double rate_limit, double rate_burst)
-        : model_(std::move(model)), tokenizer_(std::move(tokenizer)), pool_(threads), options_(std::move(options)),
-          keys_(std::move(keys)), limiter_(rate_limit, rate_burst), engine_(model_, pool_, with_decoder(config)),
+    // kv_cap: the most KV bytes worth taking (max_running full contexts) when config gives no budget.
+    Server(HostModel model, std::optional<qlm::GPT2Tokenizer> tokenizer, std::size_t threads, int device, qlm::EngineConfig config,
+           std::size_t kv_cap, Options options, qlm::serve::ApiKeys keys, double rate_limit, double rate_burst)
+        : device_(device), pool_(context_arg(threads, device)), model_(on_backend(std::move(model), pool_)), tokenizer_(std::move(tokenizer)),
+          options_(std::move(options)), keys_(std::move(keys)), limiter_(rate_limit, rate_burst),
+          engine_(model_, pool_, engine_config(config, kv_cap)),
           limits_{model_.config().vocab_size, model_.config().n_positions, tokenizer_.has_value()} {
         register_metrics();
     }
@@ -177,7 +188,22 @@ public:
     }
 
 private:
-    qlm::EngineConfig with_decoder(qlm::EngineConfig c) const {
+    static auto context_arg(std::size_t threads, int device) {
+        if constexpr (Backend::host_memory)
+            return threads;
+        else
+            return device;
+    }
+    static Model on_backend(HostModel&& host, typename Backend::context& ctx) {
+        if constexpr (Backend::host_memory)
+            return std::move(host);
+        else
+            return Model(std::move(host), ctx);
+    }
+    // The KV budget when none is given: kv_cap, within a fraction of the backend's free memory
+    // (vLLM takes 90% of a GPU's; the host keeps a quarter of its RAM for everything else).
+    qlm::EngineConfig engine_config(qlm::EngineConfig c, std::size_t kv_cap) {
+        if (c.kv_cache_bytes == 0) c.kv_cache_bytes = std::min(kv_cap, Backend::kv_budget_bytes(pool_, Backend::host_memory ? 0.25 : 0.9));
         c.eos_token_id = model_.config().eos_token_id;
         if (tokenizer_) c.decoder = [this](std::span<const std::int32_t> ids) { return tokenizer_->decode(ids); };
         return c;
@@ -234,6 +260,9 @@ private:
         waiting_ = &registry_.add<Gauge>("qlm_requests_waiting", "Sequences queued, not yet running.");
         kv_usage_ = &registry_.add<Gauge>("qlm_kv_cache_usage_ratio", "KV cache blocks held by sequences / all blocks (0..1).");
         busy_ = &registry_.add<Gauge>("qlm_busy_ratio", "Fraction of wall time the engine loop spent in forward passes, last 10 s.");
+        if constexpr (!Backend::host_memory)
+            gpu_utilisation_ = &registry_.add<Gauge>("qlm_gpu_utilization_ratio",
+                                                     "Fraction of the driver's last sample period in which a kernel ran on the GPU (NVML).");
         build_info_ = &registry_.add<Gauge>("qlm_build_info", "qlm-serve build; the value is 1.", Labels{"version"});
         start_time_ = &registry_.add<Gauge>("process_start_time_seconds", "Start time of the process since the Unix epoch, seconds.");
         build_info_->set(1.0, {QLM_SERVE_VERSION});
@@ -247,6 +276,8 @@ private:
         waiting_->set(static_cast<double>(s.waiting));
         kv_usage_->set(s.kv_blocks_total ? static_cast<double>(s.kv_blocks_used) / static_cast<double>(s.kv_blocks_total) : 0.0);
         busy_->set(busy_ratio());
+        if constexpr (!Backend::host_memory)
+            if (const auto u = gpu_.sample()) gpu_utilisation_->set(*u);
         {  // engine totals become counter increments since the last scrape
             std::lock_guard lock(scrape_mutex_);
             prefix_hits_->inc({}, static_cast<double>(s.prefix_skipped_tokens - scraped_prefix_));
@@ -794,9 +825,10 @@ private:
         http_.stop();
     }
 
+    int device_;
+    typename Backend::context pool_;
     Model model_;
     std::optional<qlm::GPT2Tokenizer> tokenizer_;
-    qlm::ThreadPool pool_;
     Options options_;
     qlm::serve::ApiKeys keys_;
     qlm::serve::RateLimiter limiter_;
@@ -817,7 +849,11 @@ private:
     qlm::serve::Registry registry_;
     qlm::serve::Counter *requests_{}, *errors_{}, *prompt_tokens_{}, *generation_tokens_{}, *prefix_hits_{}, *preemptions_{};
     qlm::serve::Histogram *duration_{}, *ttft_{}, *tpot_{};
-    qlm::serve::Gauge *running_{}, *waiting_{}, *kv_usage_{}, *busy_{}, *build_info_{}, *start_time_{};
+    qlm::serve::Gauge *running_{}, *waiting_{}, *kv_usage_{}, *busy_{}, *build_info_{}, *start_time_{}, *gpu_utilisation_{};
+    struct NoGpu {
+        explicit NoGpu(int) {}
+    };
+    std::conditional_t<Backend::host_memory, NoGpu, qlm::cuda::GpuUtilisation> gpu_{device_};
     std::mutex scrape_mutex_;
     std::uint64_t scraped_prefix_ = 0, scraped_preemptions_ = 0;
 };
@@ -865,10 +901,13 @@ int main(int argc, char** argv) try {
     const double rate_limit = args.number<double>("rate-limit", 0.0), rate_burst = args.number<double>("rate-burst", 0.0);
     qlm::serve::RateLimiter{rate_limit, rate_burst};  // checks the values before the model loads
     o.served_name = args.get("served-model-name", "");
+    const qlm::cli::DeviceChoice device = qlm::cli::parse_device(args.get("device", "cpu"));
+    if (device.cuda && !qlm::cli::cuda_built())
+        throw qlm::invalid_argument("--device cuda: this build has no CUDA backend (configure with nvcc found and QLM_ENABLE_CUDA=ON)");
     args.reject_unknown();
 
     std::optional<qlm::GPT2Tokenizer> tokenizer;
-    std::optional<Model> model;
+    std::optional<HostModel> model;
     if (random_weights) {
         qlm::ThreadPool pool(threads);
         model.emplace(qlm::cli::variant_model(pool, qlm::random_gpt2_weights(qlm::cli::shape_config(shape), 1), method));
@@ -882,8 +921,8 @@ int main(int argc, char** argv) try {
     const auto& cfg = model->config();
     const std::size_t block_bytes = qlm::KVBlockLayout<16>{cfg.n_layer, cfg.n_embd}.bytes();
     const std::size_t wanted = config.scheduler.max_running * qlm::KVCache<16>::blocks_for(cfg.n_positions) * block_bytes;
-    config.kv_cache_bytes = kv_bytes ? kv_bytes : std::min(wanted, qlm::kv_budget_from_available_memory(0.25));
-    if (config.kv_cache_bytes < qlm::KVCache<16>::blocks_for(cfg.n_positions) * block_bytes && kv_bytes)
+    config.kv_cache_bytes = kv_bytes;  // 0: the server takes min(wanted, a share of the device's free memory)
+    if (kv_bytes && kv_bytes < qlm::KVCache<16>::blocks_for(cfg.n_positions) * block_bytes)
         throw qlm::invalid_argument("option --kv-cache-bytes: " + std::to_string(kv_bytes) + " bytes do not hold one full context (" +
                                     std::to_string(qlm::KVCache<16>::blocks_for(cfg.n_positions) * block_bytes) + " bytes)");
 
@@ -895,7 +934,15 @@ int main(int argc, char** argv) try {
     sigaction(SIGINT, &sa, nullptr);
     std::signal(SIGPIPE, SIG_IGN);
 
-    Server server(std::move(*model), std::move(tokenizer), threads, config, o, std::move(keys), rate_limit, rate_burst);
+    if (device.cuda) {
+#if QLM_WITH_CUDA
+        Server<qlm::CudaBackend> server(std::move(*model), std::move(tokenizer), threads, device.index, config, wanted, o, std::move(keys),
+                                        rate_limit, rate_burst);
+        return server.run();
+#endif
+    }
+    Server<qlm::CpuBackend> server(std::move(*model), std::move(tokenizer), threads, 0, config, wanted, o, std::move(keys), rate_limit,
+                                   rate_burst);
     return server.run();
 } catch (const std::exception& e) {
     return qlm::cli::fail("qlm-serve", e);
